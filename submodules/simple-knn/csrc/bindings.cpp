@@ -1,0 +1,54 @@
+#include <torch/extension.h>
+
+#include <string>
+
+#include "knn.h"
+#ifdef WITH_CUDA
+#include "gt_build_config.h"
+#endif
+
+namespace {
+
+torch::Tensor dist_cuda2(const torch::Tensor& points) {
+  TORCH_CHECK(points.dim() == 2 && points.size(1) == 3, "points must have shape [N, 3], got ", points.sizes());
+  TORCH_CHECK(points.scalar_type() == torch::kFloat32, "points must be float32, got ", points.scalar_type());
+  auto pts = points.contiguous();
+  if (pts.is_cuda()) {
+#ifdef WITH_CUDA
+    return gt_knn::mean_sq_dist3_cuda(pts);
+#else
+    TORCH_CHECK(false, "simple_knn was built without CUDA; move the points to the CPU or rebuild with nvcc");
+#endif
+  }
+  return gt_knn::mean_sq_dist3_cpu(pts);
+}
+
+pybind11::dict build_info() {
+  pybind11::dict d;
+  d["cpu"] = true;
+#ifdef WITH_CUDA
+  d["cuda"] = true;
+  std::string archs = GT_CUDA_ARCH_LIST;
+  pybind11::list lst;
+  size_t start = 0;
+  while (start <= archs.size()) {
+    size_t end = archs.find(';', start);
+    if (end == std::string::npos) end = archs.size();
+    if (end > start) lst.append(archs.substr(start, end - start));
+    start = end + 1;
+  }
+  d["cuda_arch"] = lst;
+#else
+  d["cuda"] = false;
+  d["cuda_arch"] = pybind11::list();
+#endif
+  return d;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "exact 3-nearest-neighbour mean squared distance (CPU + CUDA)";
+  m.def("distCUDA2", &dist_cuda2, "mean squared distance to the 3 nearest neighbours, [N,3] -> [N]");
+  m.def("build_info", &build_info, "which backends were compiled");
+}
