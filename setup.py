@@ -22,8 +22,9 @@ RAST_DIR = os.path.join("submodules", "diff-gaussian-rasterization")
 KNN_DIR = os.path.join("submodules", "simple-knn")
 
 # Architectures compiled when no GPU is visible and TORCH_CUDA_ARCH_LIST is unset. CUDA 13 dropped
-# everything below Turing; the PTX of the last entry lets newer GPUs JIT-compile the kernels.
-DEFAULT_CUDA_ARCHS = "7.5;8.0;8.6;8.9;9.0+PTX"
+# everything below Turing. sm_80 code also runs on 8.6 and 8.9 (same major version); the PTX of the
+# last entry lets newer GPUs (Blackwell) JIT-compile the kernels.
+DEFAULT_CUDA_ARCHS = "7.5;8.0;9.0+PTX"
 
 
 def _log(msg):
@@ -126,7 +127,7 @@ def _extensions():
     omp_c, omp_l = _openmp_flags()
     cxx = ["-O3", "-std=c++20"] + omp_c if sys.platform != "win32" else ["/O2", "/std:c++20"] + omp_c
     define = []
-    nvcc = ["-O3", "-std=c++20", "-lineinfo"]
+    nvcc = ["-O3", "-std=c++20", "-lineinfo", "--expt-relaxed-constexpr"]
     include_extra = []
 
     if build_cuda:

@@ -1,11 +1,14 @@
 // Python bindings: argument checking, allocation and dispatch to the CPU or CUDA launcher.
 #include <torch/extension.h>
 
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "rasterize_launch.h"
 #ifdef WITH_CUDA
+#include <c10/cuda/CUDAGuard.h>
+
 #include "gt_build_config.h"
 #endif
 
@@ -47,6 +50,7 @@ Args make_inputs(const torch::Tensor& means3d, const torch::Tensor& shs, const t
   check_shape(cams, {B, kCamStride}, "cams");
   Args a;
   a.device = dev;
+
   RasterInputs& in = a.in;
   in.B = (int)B;
   in.N = (int)N;
@@ -102,6 +106,10 @@ std::tuple<torch::Tensor, torch::Tensor, torch::Tensor, torch::Tensor, std::vect
     const torch::Tensor& opacities, const torch::Tensor& scales, const torch::Tensor& rotations,
     const torch::Tensor& cov3d, const torch::Tensor& bg, const torch::Tensor& cams, int64_t H, int64_t W,
     int64_t sh_degree, double scale_modifier, bool prefiltered) {
+#ifdef WITH_CUDA
+  std::optional<c10::cuda::CUDAGuard> guard;  // kernels run on the inputs' GPU
+  if (means3d.is_cuda()) guard.emplace(means3d.device());
+#endif
   Args a = make_inputs(means3d, shs, colors, opacities, scales, rotations, cov3d, bg, cams, H, W, sh_degree,
                        scale_modifier, prefiltered);
   const RasterInputs& in = a.in;
@@ -165,6 +173,10 @@ std::vector<torch::Tensor> rasterize_bwd(const torch::Tensor& means3d, const tor
                                          const std::vector<torch::Tensor>& state, const torch::Tensor& v_color,
                                          const torch::Tensor& v_depth, const torch::Tensor& v_alpha) {
   const int64_t H = bg.size(2), W = bg.size(3);
+#ifdef WITH_CUDA
+  std::optional<c10::cuda::CUDAGuard> guard;  // kernels run on the inputs' GPU
+  if (means3d.is_cuda()) guard.emplace(means3d.device());
+#endif
   Args a = make_inputs(means3d, shs, colors, opacities, scales, rotations, cov3d, bg, cams, H, W, sh_degree,
                        scale_modifier, prefiltered);
   const RasterInputs& in = a.in;

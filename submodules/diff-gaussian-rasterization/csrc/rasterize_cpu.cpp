@@ -46,25 +46,59 @@ PixRect tile_pixels(const RasterInputs& in, int tile) {
   return {tx * kTileX, ty * kTileY, std::min(in.W, (tx + 1) * kTileX), std::min(in.H, (ty + 1) * kTileY)};
 }
 
-// Pixels of `r` where a splat can reach alpha >= 1/255: o * exp(-q/2) >= 1/255 <=> q <= 2 ln(255 o), an
-// ellipse of the conic. Its bounding box plus a one-pixel margin (for rounding) is a superset of the pixels
-// the exact per-pixel test accepts. Returns false when it misses the rectangle.
-bool splat_support(const Splat& s, const PixRect& r, PixRect* out) {
-  const float o = s.co.w;
-  if (o * 255.f < 1.f) return false;
-  const float A = s.co.x, B = s.co.y, C = s.co.z;
-  const float det = A * C - B * B;
-  if (!(det > 0.f)) {  // degenerate conic: fall back to the whole rectangle (exact tests still apply)
-    *out = r;
-    return true;
+// The support of a splat: the pixels where it can reach alpha >= 1/255, i.e. o * exp(-q/2) >= 1/255 with
+// q = d^T Conic d, i.e. q <= 2 ln(255 o): an ellipse. It is enlarged slightly (q bound + 0.01, one pixel
+// each side) so that float rounding can never exclude a pixel the exact per-pixel test would accept; the
+// per-pixel test still decides. Iterated row by row, each row clipped to the ellipse's chord.
+struct Support {
+  bool empty = true;
+  bool whole = false;   // degenerate conic: scan the whole rectangle
+  float A, B, C, det, q, mx, my;
+  float min_power = -3.4e38f;  // below this power alpha < 1/255 for sure: skip without exp()
+  int y0, y1;
+  // Pixel columns [x0, x1) of row y that can be inside the support, clipped to rect r.
+  void row(int y, const PixRect& r, int* x0, int* x1) const {
+    if (whole) {
+      *x0 = r.x0;
+      *x1 = r.x1;
+      return;
+    }
+    const float dy = my - (float)y;
+    const float disc = A * q - det * dy * dy;  // dx solves A dx^2 + 2 B dy dx + C dy^2 - q = 0
+    if (disc < 0.f) {
+      *x0 = *x1 = r.x0;
+      return;
+    }
+    const float c = -B * dy / A, h = std::sqrt(disc) / A;
+    // x = mx - dx with dx in [c - h, c + h]
+    *x0 = std::max(r.x0, (int)std::floor(mx - c - h));
+    *x1 = std::min(r.x1, (int)std::ceil(mx - c + h) + 1);
   }
-  const float r2 = 2.f * std::log(255.f * o);
-  const float ex = std::sqrt(r2 * C / det) + 1.f, ey = std::sqrt(r2 * A / det) + 1.f;
-  out->x0 = std::max(r.x0, (int)std::floor(s.xy.x - ex));
-  out->x1 = std::min(r.x1, (int)std::ceil(s.xy.x + ex) + 1);
-  out->y0 = std::max(r.y0, (int)std::floor(s.xy.y - ey));
-  out->y1 = std::min(r.y1, (int)std::ceil(s.xy.y + ey) + 1);
-  return out->x0 < out->x1 && out->y0 < out->y1;
+};
+Support splat_support(const Splat& s, const PixRect& r) {
+  Support out;
+  const float o = s.co.w;
+  if (o * 255.f < 1.f) return out;
+  out.A = s.co.x;
+  out.B = s.co.y;
+  out.C = s.co.z;
+  out.mx = s.xy.x;
+  out.my = s.xy.y;
+  out.det = out.A * out.C - out.B * out.B;
+  if (!(out.det > 0.f) || !(out.A > 0.f)) {
+    out.whole = true;
+    out.empty = false;
+    out.y0 = r.y0;
+    out.y1 = r.y1;
+    return out;
+  }
+  out.q = 2.f * std::log(255.f * o) + 0.01f;
+  out.min_power = -0.5f * out.q;
+  const float ey = std::sqrt(out.q * out.A / out.det);
+  out.y0 = std::max(r.y0, (int)std::floor(out.my - ey));
+  out.y1 = std::min(r.y1, (int)std::ceil(out.my + ey) + 1);
+  out.empty = out.y0 >= out.y1;
+  return out;
 }
 
 // A tile's splats gathered into one contiguous buffer (the CPU's "shared memory").
@@ -159,14 +193,17 @@ torch::Tensor rasterize_fwd_cpu(const RasterInputs& in, const GeomState& st, con
       }
       buf.load(st, list + lo, hi - lo);
       for (int j = 0; j < hi - lo; ++j) {
-        PixRect s;
-        if (!splat_support(buf.splat[j], r, &s)) continue;
-        for (int y = s.y0; y < s.y1; ++y)
-          for (int x = s.x0; x < s.x1; ++x) {
+        const Support s = splat_support(buf.splat[j], r);
+        if (s.empty) continue;
+        for (int y = s.y0; y < s.y1; ++y) {
+          int x0, x1;
+          s.row(y, r, &x0, &x1);
+          for (int x = x0; x < x1; ++x) {
             const int k = (y - r.y0) * kTileX + (x - r.x0);
-            if (done[k]) continue;
+            if (done[k] || splat_power(buf.splat[j], (float)x, (float)y) < s.min_power) continue;
             done[k] = !pixel_step(&acc[k], buf.splat[j], &buf.rgb[3 * j], buf.depth[j], (float)x, (float)y, j);
           }
+        }
       }
       for (int y = r.y0; y < r.y1; ++y)
         for (int x = r.x0; x < r.x1; ++x)
@@ -216,14 +253,16 @@ void rasterize_bwd_cpu(const RasterInputs& in, const GeomState& st, const PixelS
           }
         buf.load(st, point_list + lo, hi - lo);
         for (int j = hi - lo - 1; j >= 0; --j) {
-          PixRect s;
-          if (!splat_support(buf.splat[j], r, &s)) continue;
+          const Support s = splat_support(buf.splat[j], r);
+          if (s.empty) continue;
           float sum[kAccum] = {0.f};
           bool any = false;
-          for (int y = s.y0; y < s.y1; ++y)
-            for (int x = s.x0; x < s.x1; ++x) {
+          for (int y = s.y0; y < s.y1; ++y) {
+            int x0, x1;
+            s.row(y, r, &x0, &x1);
+            for (int x = x0; x < x1; ++x) {
               const int k = (y - r.y0) * kTileX + (x - r.x0);
-              if (j >= ncon[k]) continue;
+              if (j >= ncon[k] || splat_power(buf.splat[j], (float)x, (float)y) < s.min_power) continue;
               StepGrad sg;
               if (!pixel_back_step(&pb[k], buf.splat[j], &buf.rgb[3 * j], buf.depth[j], (float)x, (float)y, &sg))
                 continue;
@@ -239,6 +278,7 @@ void rasterize_bwd_cpu(const RasterInputs& in, const GeomState& st, const PixelS
               sum[8] += sg.rgb[2];
               sum[9] += sg.depth;
             }
+          }
           if (any) {
             float* a = acc + (size_t)(buf.id[j] - b * in.N) * kAccum;
             for (int q = 0; q < kAccum; ++q) a[q] += sum[q];

@@ -325,11 +325,12 @@ GT_HD void tile_rect(Vec2 p, int radius, int grid_x, int grid_y, int rmin[2], in
 // Real spherical harmonics up to degree 3 (the 3DGS constants), with their gradients.
 constexpr float kSH_C0 = 0.28209479177387814f;
 constexpr float kSH_C1 = 0.4886025119029199f;
-constexpr float kSH_C2[5] = {1.0925484305920792f, -1.0925484305920792f, 0.31539156525252005f,
-                             -1.0925484305920792f, 0.5462742152960396f};
-constexpr float kSH_C3[7] = {-0.5900435899266435f, 2.890611442640554f, -0.4570457994644658f,
-                             0.3731763325901154f, -0.4570457994644658f, 1.445305721320277f,
-                             -0.5900435899266435f};
+// Scalars rather than arrays: namespace-scope constexpr arrays are not visible in CUDA device code.
+constexpr float kSH_C2_0 = 1.0925484305920792f, kSH_C2_1 = -1.0925484305920792f, kSH_C2_2 = 0.31539156525252005f,
+                kSH_C2_3 = -1.0925484305920792f, kSH_C2_4 = 0.5462742152960396f;
+constexpr float kSH_C3_0 = -0.5900435899266435f, kSH_C3_1 = 2.890611442640554f, kSH_C3_2 = -0.4570457994644658f,
+                kSH_C3_3 = 0.3731763325901154f, kSH_C3_4 = -0.4570457994644658f, kSH_C3_5 = 1.445305721320277f,
+                kSH_C3_6 = -0.5900435899266435f;
 
 // Basis values Y[k] (k < (deg+1)^2) at unit direction d, and optionally their gradients dY[k] = dY/dd.
 GT_HD void sh_basis(int deg, Vec3 d, float Y[16], Vec3 dY[16]) {
@@ -347,34 +348,34 @@ GT_HD void sh_basis(int deg, Vec3 d, float Y[16], Vec3 dY[16]) {
   }
   if (deg < 2) return;
   const float xx = x * x, yy = y * y, zz = z * z, xy = x * y, yz = y * z, xz = x * z;
-  Y[4] = kSH_C2[0] * xy;
-  Y[5] = kSH_C2[1] * yz;
-  Y[6] = kSH_C2[2] * (2.f * zz - xx - yy);
-  Y[7] = kSH_C2[3] * xz;
-  Y[8] = kSH_C2[4] * (xx - yy);
+  Y[4] = kSH_C2_0 * xy;
+  Y[5] = kSH_C2_1 * yz;
+  Y[6] = kSH_C2_2 * (2.f * zz - xx - yy);
+  Y[7] = kSH_C2_3 * xz;
+  Y[8] = kSH_C2_4 * (xx - yy);
   if (dY) {
-    dY[4] = {kSH_C2[0] * y, kSH_C2[0] * x, 0.f};
-    dY[5] = {0.f, kSH_C2[1] * z, kSH_C2[1] * y};
-    dY[6] = {-2.f * kSH_C2[2] * x, -2.f * kSH_C2[2] * y, 4.f * kSH_C2[2] * z};
-    dY[7] = {kSH_C2[3] * z, 0.f, kSH_C2[3] * x};
-    dY[8] = {2.f * kSH_C2[4] * x, -2.f * kSH_C2[4] * y, 0.f};
+    dY[4] = {kSH_C2_0 * y, kSH_C2_0 * x, 0.f};
+    dY[5] = {0.f, kSH_C2_1 * z, kSH_C2_1 * y};
+    dY[6] = {-2.f * kSH_C2_2 * x, -2.f * kSH_C2_2 * y, 4.f * kSH_C2_2 * z};
+    dY[7] = {kSH_C2_3 * z, 0.f, kSH_C2_3 * x};
+    dY[8] = {2.f * kSH_C2_4 * x, -2.f * kSH_C2_4 * y, 0.f};
   }
   if (deg < 3) return;
-  Y[9] = kSH_C3[0] * y * (3.f * xx - yy);
-  Y[10] = kSH_C3[1] * xy * z;
-  Y[11] = kSH_C3[2] * y * (4.f * zz - xx - yy);
-  Y[12] = kSH_C3[3] * z * (2.f * zz - 3.f * xx - 3.f * yy);
-  Y[13] = kSH_C3[4] * x * (4.f * zz - xx - yy);
-  Y[14] = kSH_C3[5] * z * (xx - yy);
-  Y[15] = kSH_C3[6] * x * (xx - 3.f * yy);
+  Y[9] = kSH_C3_0 * y * (3.f * xx - yy);
+  Y[10] = kSH_C3_1 * xy * z;
+  Y[11] = kSH_C3_2 * y * (4.f * zz - xx - yy);
+  Y[12] = kSH_C3_3 * z * (2.f * zz - 3.f * xx - 3.f * yy);
+  Y[13] = kSH_C3_4 * x * (4.f * zz - xx - yy);
+  Y[14] = kSH_C3_5 * z * (xx - yy);
+  Y[15] = kSH_C3_6 * x * (xx - 3.f * yy);
   if (dY) {
-    dY[9] = {kSH_C3[0] * 6.f * xy, kSH_C3[0] * (3.f * xx - 3.f * yy), 0.f};
-    dY[10] = {kSH_C3[1] * yz, kSH_C3[1] * xz, kSH_C3[1] * xy};
-    dY[11] = {-2.f * kSH_C3[2] * xy, kSH_C3[2] * (4.f * zz - xx - 3.f * yy), 8.f * kSH_C3[2] * yz};
-    dY[12] = {-6.f * kSH_C3[3] * xz, -6.f * kSH_C3[3] * yz, kSH_C3[3] * (6.f * zz - 3.f * xx - 3.f * yy)};
-    dY[13] = {kSH_C3[4] * (4.f * zz - 3.f * xx - yy), -2.f * kSH_C3[4] * xy, 8.f * kSH_C3[4] * xz};
-    dY[14] = {2.f * kSH_C3[5] * xz, -2.f * kSH_C3[5] * yz, kSH_C3[5] * (xx - yy)};
-    dY[15] = {kSH_C3[6] * (3.f * xx - 3.f * yy), -6.f * kSH_C3[6] * xy, 0.f};
+    dY[9] = {kSH_C3_0 * 6.f * xy, kSH_C3_0 * (3.f * xx - 3.f * yy), 0.f};
+    dY[10] = {kSH_C3_1 * yz, kSH_C3_1 * xz, kSH_C3_1 * xy};
+    dY[11] = {-2.f * kSH_C3_2 * xy, kSH_C3_2 * (4.f * zz - xx - 3.f * yy), 8.f * kSH_C3_2 * yz};
+    dY[12] = {-6.f * kSH_C3_3 * xz, -6.f * kSH_C3_3 * yz, kSH_C3_3 * (6.f * zz - 3.f * xx - 3.f * yy)};
+    dY[13] = {kSH_C3_4 * (4.f * zz - 3.f * xx - yy), -2.f * kSH_C3_4 * xy, 8.f * kSH_C3_4 * xz};
+    dY[14] = {2.f * kSH_C3_5 * xz, -2.f * kSH_C3_5 * yz, kSH_C3_5 * (xx - yy)};
+    dY[15] = {kSH_C3_6 * (3.f * xx - 3.f * yy), -6.f * kSH_C3_6 * xy, 0.f};
   }
 }
 
@@ -431,9 +432,12 @@ struct Splat {
 };
 // Alpha of a splat at pixel (px, py); returns false when the splat is skipped there.
 // `power_out` and `g_out` (= exp(power)) are kept for the backward pass.
-GT_HD bool splat_alpha(const Splat& s, float px, float py, float* alpha, float* g_out) {
+GT_HD float splat_power(const Splat& s, float px, float py) {
   const float dx = s.xy.x - px, dy = s.xy.y - py;
-  const float power = -0.5f * (s.co.x * dx * dx + s.co.z * dy * dy) - s.co.y * dx * dy;
+  return -0.5f * (s.co.x * dx * dx + s.co.z * dy * dy) - s.co.y * dx * dy;
+}
+GT_HD bool splat_alpha(const Splat& s, float px, float py, float* alpha, float* g_out) {
+  const float power = splat_power(s, px, py);
   if (power > 0.f) return false;
   const float g = expf(power);
   const float a = fminf(kMaxAlpha, s.co.w * g);

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Set up everything gaussiantalker needs on a fresh machine, in a virtual environment at ./.venv:
+# torch, our native CUDA/CPU rasterizer and simple-knn (compiled here), the optional TensorFlow and
+# transformers extras, and the test tools. Idempotent: a second run only checks.
+#
+# Environment: PYTHON (interpreter for the venv, default python3), GT_VENV (default ./.venv),
+# GT_BUILD_CUDA=0|1 and TORCH_CUDA_ARCH_LIST (see setup.py), GT_EXTRAS (default "test,deepspeech,hubert").
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+VENV=${GT_VENV:-.venv}
+EXTRAS=${GT_EXTRAS:-test,deepspeech,hubert}
+say() { printf '[setup] %s\n' "$*" >&2; }
+
+if [ ! -x "$VENV/bin/python" ]; then
+  say "creating virtual environment $VENV"
+  "$PY" -m venv "$VENV"
+fi
+PIP=("$VENV/bin/python" -m pip)
+
+# torch first: the native extensions are compiled against it (pip install --no-build-isolation).
+if ! "$VENV/bin/python" -c "import torch, torchvision" 2>/dev/null; then
+  say "installing torch 2.14.1 + torchvision 0.29.1"
+  "${PIP[@]}" install -q torch==2.14.1 torchvision==0.29.1
+fi
+"${PIP[@]}" install -q "setuptools>=64" wheel ninja
+
+# A system ffmpeg (with ffprobe) is optional: imageio-ffmpeg ships an ffmpeg binary the library uses.
+if ! command -v ffmpeg >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    say "installing Debian's ffmpeg"
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ffmpeg >/dev/null) \
+      || say "apt-get could not install ffmpeg; the ffmpeg shipped by imageio-ffmpeg will be used"
+  else
+    say "no system ffmpeg; the ffmpeg shipped by imageio-ffmpeg will be used"
+  fi
+fi
+
+# CUDA toolkits compile slowly: keep the parallel jobs within the machine.
+export MAX_JOBS=${MAX_JOBS:-$(nproc 2>/dev/null || echo 2)}
+say "building and installing gaussiantalker[$EXTRAS] (native kernels compile now: a few minutes)"
+"${PIP[@]}" install -q --no-build-isolation -e ".[$EXTRAS]"
+"$VENV/bin/python" - <<'PYEOF'
+import diff_gaussian_rasterization, simple_knn
+print("[setup] diff_gaussian_rasterization:", diff_gaussian_rasterization.build_info())
+print("[setup] simple_knn:", simple_knn.build_info())
+PYEOF

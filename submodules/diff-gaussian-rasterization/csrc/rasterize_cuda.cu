@@ -1,0 +1,231 @@
+// CUDA backend of the rasterizer. The per-element arithmetic is the shared code of rasterize.h; this file
+// schedules it the 3DGS way: one thread per instance for preprocessing, a radix sort of (camera*tile,
+// depth) keys for binning, one 16x16 block per tile for compositing, with the tile's splats staged in
+// shared memory, and atomics for the per-instance gradients.
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <cub/cub.cuh>
+
+#include "rasterize.h"
+#include "rasterize_launch.h"
+
+namespace gt {
+namespace {
+
+constexpr int kThreads = 256;
+
+inline int blocks_for(int64_t n) { return (int)((n + kThreads - 1) / kThreads); }
+
+__global__ void preprocess_kernel(RasterInputs in, GeomState st) {
+  const int64_t g = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+  if (g < (int64_t)in.B * in.N) preprocess_instance(in, st, (int)g);
+}
+
+// Float -> unsigned key with the same order (negative depths only occur with `prefiltered`).
+__device__ __forceinline__ uint32_t depth_key(float d) {
+  const uint32_t u = __float_as_uint(d);
+  return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+}
+
+__global__ void duplicate_kernel(RasterInputs in, GeomState st, const int64_t* offsets, uint64_t* keys,
+                                 int* values) {
+  const int64_t g = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+  if (g >= (int64_t)in.B * in.N || st.radii[g] <= 0) return;
+  const int b = (int)(g / in.N);
+  const int gx = in.grid_x();
+  int64_t off = g == 0 ? 0 : offsets[g - 1];
+  int rmin[2], rmax[2];
+  tile_rect({st.means2d[2 * g], st.means2d[2 * g + 1]}, st.radii[g], gx, in.grid_y(), rmin, rmax);
+  const uint64_t dkey = depth_key(st.depths[g]);
+  for (int y = rmin[1]; y < rmax[1]; ++y)
+    for (int x = rmin[0]; x < rmax[0]; ++x) {
+      const uint64_t tile = (uint64_t)b * in.tiles() + (uint64_t)(y * gx + x);
+      keys[off] = (tile << 32) | dkey;
+      values[off] = (int)g;
+      ++off;
+    }
+}
+
+__global__ void tile_ranges_kernel(const uint64_t* keys, int64_t P, int* ranges) {
+  const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+  if (i >= P) return;
+  const int64_t tile = (int64_t)(keys[i] >> 32);
+  if (i == 0) {
+    ranges[2 * tile] = 0;
+  } else {
+    const int64_t prev = (int64_t)(keys[i - 1] >> 32);
+    if (prev != tile) {
+      ranges[2 * prev + 1] = (int)i;
+      ranges[2 * tile] = (int)i;
+    }
+  }
+  if (i == P - 1) ranges[2 * tile + 1] = (int)P;
+}
+
+__global__ void __launch_bounds__(kTileSize) render_kernel(RasterInputs in, GeomState st, PixelState ps,
+                                                            const int* point_list, const int* ranges,
+                                                            float* out_color, float* out_depth, float* out_alpha) {
+  const int b = blockIdx.z;
+  const int tile = blockIdx.y * in.grid_x() + blockIdx.x;
+  const int x = blockIdx.x * kTileX + threadIdx.x % kTileX;
+  const int y = blockIdx.y * kTileY + threadIdx.x / kTileX;
+  const bool inside = x < in.W && y < in.H;
+  const int64_t job = (int64_t)b * in.tiles() + tile;
+  const int lo = ranges[2 * job], hi = ranges[2 * job + 1];
+
+  __shared__ Splat s_splat[kTileSize];
+  __shared__ float s_rgb[kTileSize * 3];
+  __shared__ float s_depth[kTileSize];
+
+  PixelAccum acc;
+  pixel_begin(&acc);
+  bool done = !inside;
+  for (int base = lo; base < hi; base += kTileSize) {
+    if (__syncthreads_count(done) == kTileSize) break;
+    const int j = base + threadIdx.x;
+    if (j < hi) {
+      const int g = point_list[j];
+      s_splat[threadIdx.x].xy = {st.means2d[2 * g], st.means2d[2 * g + 1]};
+      s_splat[threadIdx.x].co = load4(st.conic_opacity + 4 * g);
+      for (int c = 0; c < 3; ++c) s_rgb[3 * threadIdx.x + c] = st.rgb[3 * g + c];
+      s_depth[threadIdx.x] = st.depths[g];
+    }
+    __syncthreads();
+    const int n = min(kTileSize, hi - base);
+    for (int k = 0; k < n && !done; ++k)
+      done = !pixel_step(&acc, s_splat[k], &s_rgb[3 * k], s_depth[k], (float)x, (float)y, base + k - lo);
+  }
+  if (inside) pixel_end(in, ps, acc, b, y * in.W + x, out_color, out_depth, out_alpha);
+}
+
+__global__ void __launch_bounds__(kTileSize) render_backward_kernel(RasterInputs in, GeomState st, PixelState ps,
+                                                                     const int* point_list, const int* ranges,
+                                                                     RasterGrads gr) {
+  const int b = blockIdx.z;
+  const int tile = blockIdx.y * in.grid_x() + blockIdx.x;
+  const int x = blockIdx.x * kTileX + threadIdx.x % kTileX;
+  const int y = blockIdx.y * kTileY + threadIdx.x / kTileX;
+  const bool inside = x < in.W && y < in.H;
+  const int64_t job = (int64_t)b * in.tiles() + tile;
+  const int lo = ranges[2 * job], hi = ranges[2 * job + 1];
+
+  __shared__ Splat s_splat[kTileSize];
+  __shared__ float s_rgb[kTileSize * 3];
+  __shared__ float s_depth[kTileSize];
+  __shared__ int s_id[kTileSize];
+
+  PixelBack pb;
+  int ncon = 0;
+  if (inside) {
+    pixel_back_begin(in, ps, gr, b, y * in.W + x, &pb, gr.v_bg);
+    ncon = ps.n_contrib[(size_t)b * in.H * in.W + y * in.W + x];
+  }
+  // Walk the list back to front in batches.
+  for (int top = hi; top > lo; top -= kTileSize) {
+    const int start = max(lo, top - kTileSize);
+    __syncthreads();
+    const int j = start + threadIdx.x;
+    if (j < top) {
+      const int g = point_list[j];
+      s_id[threadIdx.x] = g;
+      s_splat[threadIdx.x].xy = {st.means2d[2 * g], st.means2d[2 * g + 1]};
+      s_splat[threadIdx.x].co = load4(st.conic_opacity + 4 * g);
+      for (int c = 0; c < 3; ++c) s_rgb[3 * threadIdx.x + c] = st.rgb[3 * g + c];
+      s_depth[threadIdx.x] = st.depths[g];
+    }
+    __syncthreads();
+    if (!inside) continue;
+    for (int k = top - start - 1; k >= 0; --k) {
+      if (start + k - lo >= ncon) continue;
+      StepGrad sg;
+      if (!pixel_back_step(&pb, s_splat[k], &s_rgb[3 * k], s_depth[k], (float)x, (float)y, &sg)) continue;
+      const int g = s_id[k];
+      atomicAdd(&gr.v_means2d_pix[2 * g], sg.sg.mx);
+      atomicAdd(&gr.v_means2d_pix[2 * g + 1], sg.sg.my);
+      atomicAdd(&gr.v_conic[3 * g], sg.sg.A);
+      atomicAdd(&gr.v_conic[3 * g + 1], sg.sg.B);
+      atomicAdd(&gr.v_conic[3 * g + 2], sg.sg.C);
+      atomicAdd(&gr.v_opacity[g], sg.sg.o);
+      atomicAdd(&gr.v_rgb[3 * g], sg.rgb[0]);
+      atomicAdd(&gr.v_rgb[3 * g + 1], sg.rgb[1]);
+      atomicAdd(&gr.v_rgb[3 * g + 2], sg.rgb[2]);
+      atomicAdd(&gr.v_depths[g], sg.depth);
+    }
+  }
+}
+
+__global__ void preprocess_backward_kernel(RasterInputs in, GeomState st, RasterGrads gr) {
+  const int64_t g = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+  if (g < (int64_t)in.B * in.N) preprocess_backward_instance(in, st, gr, (int)g);
+}
+
+int bits_needed(uint64_t v) {
+  int n = 0;
+  while (v > 0) {
+    ++n;
+    v >>= 1;
+  }
+  return n;
+}
+
+}  // namespace
+
+torch::Tensor rasterize_fwd_cuda(const RasterInputs& in, const GeomState& st, const PixelState& ps, int* ranges,
+                                 float* out_color, float* out_depth, float* out_alpha) {
+  auto stream = at::cuda::getCurrentCUDAStream();
+  auto opts = torch::TensorOptions().device(torch::kCUDA, at::cuda::current_device());
+  const int64_t total = (int64_t)in.B * in.N;
+  if (total > 0) {
+    preprocess_kernel<<<blocks_for(total), kThreads, 0, stream>>>(in, st);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+
+  // Offsets of each instance's tile entries: inclusive scan of tiles_touched (64-bit).
+  torch::Tensor touched = torch::from_blob(st.tiles_touched, {total}, opts.dtype(torch::kInt32)).to(torch::kInt64);
+  torch::Tensor offsets = total > 0 ? torch::cumsum(touched, 0) : touched;
+  const int64_t P = total > 0 ? offsets[total - 1].item<int64_t>() : 0;
+  torch::Tensor point_list = torch::empty({P}, opts.dtype(torch::kInt32));
+  if (P > 0) {
+    torch::Tensor keys = torch::empty({P}, opts.dtype(torch::kInt64));
+    torch::Tensor keys_sorted = torch::empty({P}, opts.dtype(torch::kInt64));
+    torch::Tensor values = torch::empty({P}, opts.dtype(torch::kInt32));
+    auto* k_in = reinterpret_cast<uint64_t*>(keys.data_ptr<int64_t>());
+    auto* k_out = reinterpret_cast<uint64_t*>(keys_sorted.data_ptr<int64_t>());
+    duplicate_kernel<<<blocks_for(total), kThreads, 0, stream>>>(in, st, offsets.data_ptr<int64_t>(), k_in,
+                                                                  values.data_ptr<int>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    const int end_bit = 32 + bits_needed((uint64_t)in.B * in.tiles());
+    size_t temp_bytes = 0;
+    cub::DeviceRadixSort::SortPairs(nullptr, temp_bytes, k_in, k_out, values.data_ptr<int>(),
+                                    point_list.data_ptr<int>(), P, 0, end_bit, stream);
+    torch::Tensor temp = torch::empty({(int64_t)temp_bytes}, opts.dtype(torch::kUInt8));
+    cub::DeviceRadixSort::SortPairs(temp.data_ptr(), temp_bytes, k_in, k_out, values.data_ptr<int>(),
+                                    point_list.data_ptr<int>(), P, 0, end_bit, stream);
+    tile_ranges_kernel<<<blocks_for(P), kThreads, 0, stream>>>(k_out, P, ranges);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+  if (in.B > 0) {
+    dim3 grid(in.grid_x(), in.grid_y(), in.B);
+    render_kernel<<<grid, kTileSize, 0, stream>>>(in, st, ps, point_list.data_ptr<int>(), ranges, out_color,
+                                                   out_depth, out_alpha);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+  return point_list;
+}
+
+void rasterize_bwd_cuda(const RasterInputs& in, const GeomState& st, const PixelState& ps, const int* point_list,
+                        const int* ranges, const RasterGrads& gr) {
+  auto stream = at::cuda::getCurrentCUDAStream();
+  if (in.B > 0) {
+    dim3 grid(in.grid_x(), in.grid_y(), in.B);
+    render_backward_kernel<<<grid, kTileSize, 0, stream>>>(in, st, ps, point_list, ranges, gr);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+  const int64_t total = (int64_t)in.B * in.N;
+  if (total > 0) {
+    preprocess_backward_kernel<<<blocks_for(total), kThreads, 0, stream>>>(in, st, gr);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+}
+
+}  // namespace gt
