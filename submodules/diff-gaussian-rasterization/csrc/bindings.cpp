@@ -99,6 +99,22 @@ Args make_inputs(const torch::Tensor& means3d, const torch::Tensor& shs, const t
   return a;
 }
 
+// The backward state is an opaque list of tensors; this is the one place that knows its layout.
+enum StateIndex { kMeans2d, kConicOpacity, kRgb, kClamped, kDepths, kCov3d, kPointList, kRanges, kFinalT, kNContrib,
+                  kStateSize };
+void unpack_state(const torch::Tensor& radii, const std::vector<torch::Tensor>& state, GeomState* st, PixelState* ps) {
+  TORCH_CHECK(state.size() == kStateSize, "corrupt rasterizer state");
+  st->radii = radii.data_ptr<int>();
+  st->means2d = state[kMeans2d].data_ptr<float>();
+  st->conic_opacity = state[kConicOpacity].data_ptr<float>();
+  st->rgb = state[kRgb].data_ptr<float>();
+  st->clamped = state[kClamped].data_ptr<uint8_t>();
+  st->depths = state[kDepths].data_ptr<float>();
+  st->cov3d = state[kCov3d].data_ptr<float>();
+  ps->final_T = state[kFinalT].data_ptr<float>();
+  ps->n_contrib = state[kNContrib].data_ptr<int>();
+}
+
 // Forward. Returns color [B,3,H,W], depth [B,1,H,W], alpha [B,1,H,W], radii [B,N] and the state needed
 // by the backward pass (an opaque list of tensors).
 std::tuple<torch::Tensor, torch::Tensor, torch::Tensor, torch::Tensor, std::vector<torch::Tensor>> rasterize_fwd(
@@ -131,18 +147,12 @@ std::tuple<torch::Tensor, torch::Tensor, torch::Tensor, torch::Tensor, std::vect
   torch::Tensor depth = torch::empty({B, 1, H, W}, f32);
   torch::Tensor alpha = torch::empty({B, 1, H, W}, f32);
 
+  std::vector<torch::Tensor> state = {means2d, conic_opacity, rgb, clamped, depths, cov_state,
+                                      torch::Tensor(), ranges, final_T, n_contrib};
   GeomState st;
-  st.radii = radii.data_ptr<int>();
-  st.means2d = means2d.data_ptr<float>();
-  st.conic_opacity = conic_opacity.data_ptr<float>();
-  st.rgb = rgb.data_ptr<float>();
-  st.clamped = clamped.data_ptr<uint8_t>();
-  st.depths = depths.data_ptr<float>();
-  st.cov3d = cov_state.data_ptr<float>();
-  st.tiles_touched = tiles_touched.data_ptr<int>();
   PixelState ps;
-  ps.final_T = final_T.data_ptr<float>();
-  ps.n_contrib = n_contrib.data_ptr<int>();
+  unpack_state(radii, state, &st, &ps);
+  st.tiles_touched = tiles_touched.data_ptr<int>();
 
   torch::Tensor point_list;
   if (a.device.is_cuda()) {
@@ -157,8 +167,7 @@ std::tuple<torch::Tensor, torch::Tensor, torch::Tensor, torch::Tensor, std::vect
     point_list = rasterize_fwd_cpu(in, st, ps, ranges.data_ptr<int>(), color.data_ptr<float>(),
                                    depth.data_ptr<float>(), alpha.data_ptr<float>());
   }
-  std::vector<torch::Tensor> state = {means2d, conic_opacity, rgb, clamped, depths, cov_state,
-                                      point_list, ranges, final_T, n_contrib};
+  state[kPointList] = point_list;
   return {color, depth, alpha, radii, state};
 }
 
@@ -181,7 +190,6 @@ std::vector<torch::Tensor> rasterize_bwd(const torch::Tensor& means3d, const tor
                        scale_modifier, prefiltered);
   const RasterInputs& in = a.in;
   const int64_t B = in.B, N = in.N;
-  TORCH_CHECK(state.size() == 10, "corrupt rasterizer state");
   GT_CHECK_INPUT(v_color, a.device);
   GT_CHECK_INPUT(v_depth, a.device);
   GT_CHECK_INPUT(v_alpha, a.device);
@@ -191,16 +199,8 @@ std::vector<torch::Tensor> rasterize_bwd(const torch::Tensor& means3d, const tor
   auto f32 = torch::dtype(torch::kFloat32).device(a.device);
 
   GeomState st;
-  st.radii = const_cast<int*>(radii.data_ptr<int>());
-  st.means2d = state[0].data_ptr<float>();
-  st.conic_opacity = state[1].data_ptr<float>();
-  st.rgb = state[2].data_ptr<float>();
-  st.clamped = state[3].data_ptr<uint8_t>();
-  st.depths = state[4].data_ptr<float>();
-  st.cov3d = state[5].data_ptr<float>();
   PixelState ps;
-  ps.final_T = state[8].data_ptr<float>();
-  ps.n_contrib = state[9].data_ptr<int>();
+  unpack_state(radii, state, &st, &ps);
 
   torch::Tensor v_means2d_pix = torch::zeros({B, N, 2}, f32);
   torch::Tensor v_conic = torch::zeros({B, N, 3}, f32);
@@ -237,8 +237,8 @@ std::vector<torch::Tensor> rasterize_bwd(const torch::Tensor& means3d, const tor
   gr.v_cov3d = in.cov3d ? v_cov3d.data_ptr<float>() : nullptr;
   gr.v_bg = v_bg.data_ptr<float>();
 
-  const int* point_list = state[6].data_ptr<int>();
-  const int* ranges = state[7].data_ptr<int>();
+  const int* point_list = state[kPointList].data_ptr<int>();
+  const int* ranges = state[kRanges].data_ptr<int>();
   if (a.device.is_cuda()) {
 #ifdef WITH_CUDA
     rasterize_bwd_cuda(in, st, ps, point_list, ranges, gr);
@@ -266,20 +266,10 @@ pybind11::dict build_info() {
   d["cpu"] = true;
 #ifdef WITH_CUDA
   d["cuda"] = true;
-  std::string archs = GT_CUDA_ARCH_LIST;
-  pybind11::list lst;
-  size_t start = 0;
-  while (start <= archs.size()) {
-    size_t end = archs.find(';', start);
-    if (end == std::string::npos) end = archs.size();
-    std::string item = archs.substr(start, end - start);
-    if (!item.empty()) lst.append(item);
-    start = end + 1;
-  }
-  d["cuda_arch"] = lst;
+  d["cuda_arch_list"] = std::string(GT_CUDA_ARCH_LIST);
 #else
   d["cuda"] = false;
-  d["cuda_arch"] = pybind11::list();
+  d["cuda_arch_list"] = std::string();
 #endif
 #ifdef _OPENMP
   d["openmp"] = true;

@@ -6,7 +6,8 @@
 // pixels inside the splat's exact support (the ellipse where alpha >= 1/255, plus a 1-pixel margin). Every
 // pixel still sees the same splats in the same order with the same per-pixel tests, so the pixels are
 // identical; the work drops from (pixels x list length) to (pixels actually covered).
-#include <torch/extension.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
 
 #include <algorithm>
 #include <numeric>
@@ -128,7 +129,7 @@ struct TileSplats {
 // ---------------------------------------------------------------------------------------------------
 // Binning: per camera, visible instances sorted by depth (stable: ties keep index order), then a
 // counting sort by tile that preserves that order. Fills point_list and tile_ranges [B*T, 2].
-static torch::Tensor bin_cpu(const RasterInputs& in, const GeomState& st, int* ranges) {
+static at::Tensor bin_cpu(const RasterInputs& in, const GeomState& st, int* ranges) {
   const int T = in.tiles();
   const int gx = in.grid_x(), gy = in.grid_y();
   std::vector<int64_t> cam_offset(in.B + 1, 0);
@@ -137,7 +138,7 @@ static torch::Tensor bin_cpu(const RasterInputs& in, const GeomState& st, int* r
     for (int i = 0; i < in.N; ++i) s += st.tiles_touched[b * in.N + i];
     cam_offset[b + 1] = cam_offset[b] + s;
   }
-  torch::Tensor point_list = torch::empty({(int64_t)cam_offset[in.B]}, torch::dtype(torch::kInt32));
+  at::Tensor point_list = at::empty({(int64_t)cam_offset[in.B]}, at::dtype(at::kInt));
   int* list = point_list.data_ptr<int>();
 #pragma omp parallel for schedule(dynamic, 1) if (in.B > 1)
   for (int b = 0; b < in.B; ++b) {
@@ -166,13 +167,13 @@ static torch::Tensor bin_cpu(const RasterInputs& in, const GeomState& st, int* r
   return point_list;
 }
 
-torch::Tensor rasterize_fwd_cpu(const RasterInputs& in, const GeomState& st, const PixelState& ps, int* ranges,
+at::Tensor rasterize_fwd_cpu(const RasterInputs& in, const GeomState& st, const PixelState& ps, int* ranges,
                                 float* out_color, float* out_depth, float* out_alpha) {
   const int64_t total = (int64_t)in.B * in.N;
 #pragma omp parallel for schedule(static)
   for (int64_t g = 0; g < total; ++g) preprocess_instance(in, st, (int)g);
 
-  torch::Tensor point_list = bin_cpu(in, st, ranges);
+  at::Tensor point_list = bin_cpu(in, st, ranges);
   const int* list = point_list.data_ptr<int>();
 
   const int T = in.tiles();

@@ -2,8 +2,11 @@
 // schedules it the 3DGS way: one thread per instance for preprocessing, a radix sort of (camera*tile,
 // depth) keys for binning, one 16x16 block per tile for compositing, with the tile's splats staged in
 // shared memory, and atomics for the per-instance gradients.
+#include <ATen/core/Tensor.h>
 #include <ATen/cuda/CUDAContext.h>
-#include <c10/cuda/CUDAGuard.h>
+#include <ATen/ops/cumsum.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/from_blob.h>
 #include <cub/cub.cuh>
 
 #include "rasterize.h"
@@ -62,6 +65,21 @@ __global__ void tile_ranges_kernel(const uint64_t* keys, int64_t P, int* ranges)
   if (i == P - 1) ranges[2 * tile + 1] = (int)P;
 }
 
+// Shared-memory copy of a tile's splats, filled cooperatively by the block.
+struct SharedSplats {
+  Splat splat[kTileSize];
+  float rgb[kTileSize * 3];
+  float depth[kTileSize];
+  int id[kTileSize];
+  __device__ void stage(const GeomState& st, int slot, int g) {
+    id[slot] = g;
+    splat[slot].xy = {st.means2d[2 * g], st.means2d[2 * g + 1]};
+    splat[slot].co = load4(st.conic_opacity + 4 * g);
+    for (int c = 0; c < 3; ++c) rgb[3 * slot + c] = st.rgb[3 * g + c];
+    depth[slot] = st.depths[g];
+  }
+};
+
 __global__ void __launch_bounds__(kTileSize) render_kernel(RasterInputs in, GeomState st, PixelState ps,
                                                             const int* point_list, const int* ranges,
                                                             float* out_color, float* out_depth, float* out_alpha) {
@@ -73,9 +91,7 @@ __global__ void __launch_bounds__(kTileSize) render_kernel(RasterInputs in, Geom
   const int64_t job = (int64_t)b * in.tiles() + tile;
   const int lo = ranges[2 * job], hi = ranges[2 * job + 1];
 
-  __shared__ Splat s_splat[kTileSize];
-  __shared__ float s_rgb[kTileSize * 3];
-  __shared__ float s_depth[kTileSize];
+  __shared__ SharedSplats sh;
 
   PixelAccum acc;
   pixel_begin(&acc);
@@ -83,17 +99,11 @@ __global__ void __launch_bounds__(kTileSize) render_kernel(RasterInputs in, Geom
   for (int base = lo; base < hi; base += kTileSize) {
     if (__syncthreads_count(done) == kTileSize) break;
     const int j = base + threadIdx.x;
-    if (j < hi) {
-      const int g = point_list[j];
-      s_splat[threadIdx.x].xy = {st.means2d[2 * g], st.means2d[2 * g + 1]};
-      s_splat[threadIdx.x].co = load4(st.conic_opacity + 4 * g);
-      for (int c = 0; c < 3; ++c) s_rgb[3 * threadIdx.x + c] = st.rgb[3 * g + c];
-      s_depth[threadIdx.x] = st.depths[g];
-    }
+    if (j < hi) sh.stage(st, threadIdx.x, point_list[j]);
     __syncthreads();
     const int n = min(kTileSize, hi - base);
     for (int k = 0; k < n && !done; ++k)
-      done = !pixel_step(&acc, s_splat[k], &s_rgb[3 * k], s_depth[k], (float)x, (float)y, base + k - lo);
+      done = !pixel_step(&acc, sh.splat[k], &sh.rgb[3 * k], sh.depth[k], (float)x, (float)y, base + k - lo);
   }
   if (inside) pixel_end(in, ps, acc, b, y * in.W + x, out_color, out_depth, out_alpha);
 }
@@ -109,10 +119,7 @@ __global__ void __launch_bounds__(kTileSize) render_backward_kernel(RasterInputs
   const int64_t job = (int64_t)b * in.tiles() + tile;
   const int lo = ranges[2 * job], hi = ranges[2 * job + 1];
 
-  __shared__ Splat s_splat[kTileSize];
-  __shared__ float s_rgb[kTileSize * 3];
-  __shared__ float s_depth[kTileSize];
-  __shared__ int s_id[kTileSize];
+  __shared__ SharedSplats sh;
 
   PixelBack pb;
   int ncon = 0;
@@ -125,21 +132,14 @@ __global__ void __launch_bounds__(kTileSize) render_backward_kernel(RasterInputs
     const int start = max(lo, top - kTileSize);
     __syncthreads();
     const int j = start + threadIdx.x;
-    if (j < top) {
-      const int g = point_list[j];
-      s_id[threadIdx.x] = g;
-      s_splat[threadIdx.x].xy = {st.means2d[2 * g], st.means2d[2 * g + 1]};
-      s_splat[threadIdx.x].co = load4(st.conic_opacity + 4 * g);
-      for (int c = 0; c < 3; ++c) s_rgb[3 * threadIdx.x + c] = st.rgb[3 * g + c];
-      s_depth[threadIdx.x] = st.depths[g];
-    }
+    if (j < top) sh.stage(st, threadIdx.x, point_list[j]);
     __syncthreads();
     if (!inside) continue;
     for (int k = top - start - 1; k >= 0; --k) {
       if (start + k - lo >= ncon) continue;
       StepGrad sg;
-      if (!pixel_back_step(&pb, s_splat[k], &s_rgb[3 * k], s_depth[k], (float)x, (float)y, &sg)) continue;
-      const int g = s_id[k];
+      if (!pixel_back_step(&pb, sh.splat[k], &sh.rgb[3 * k], sh.depth[k], (float)x, (float)y, &sg)) continue;
+      const int g = sh.id[k];
       atomicAdd(&gr.v_means2d_pix[2 * g], sg.sg.mx);
       atomicAdd(&gr.v_means2d_pix[2 * g + 1], sg.sg.my);
       atomicAdd(&gr.v_conic[3 * g], sg.sg.A);
@@ -170,10 +170,10 @@ int bits_needed(uint64_t v) {
 
 }  // namespace
 
-torch::Tensor rasterize_fwd_cuda(const RasterInputs& in, const GeomState& st, const PixelState& ps, int* ranges,
+at::Tensor rasterize_fwd_cuda(const RasterInputs& in, const GeomState& st, const PixelState& ps, int* ranges,
                                  float* out_color, float* out_depth, float* out_alpha) {
   auto stream = at::cuda::getCurrentCUDAStream();
-  auto opts = torch::TensorOptions().device(torch::kCUDA, at::cuda::current_device());
+  auto opts = at::TensorOptions().device(at::kCUDA, at::cuda::current_device());
   const int64_t total = (int64_t)in.B * in.N;
   if (total > 0) {
     preprocess_kernel<<<blocks_for(total), kThreads, 0, stream>>>(in, st);
@@ -181,14 +181,14 @@ torch::Tensor rasterize_fwd_cuda(const RasterInputs& in, const GeomState& st, co
   }
 
   // Offsets of each instance's tile entries: inclusive scan of tiles_touched (64-bit).
-  torch::Tensor touched = torch::from_blob(st.tiles_touched, {total}, opts.dtype(torch::kInt32)).to(torch::kInt64);
-  torch::Tensor offsets = total > 0 ? torch::cumsum(touched, 0) : touched;
+  at::Tensor touched = at::from_blob(st.tiles_touched, {total}, opts.dtype(at::kInt)).to(at::kLong);
+  at::Tensor offsets = total > 0 ? at::cumsum(touched, 0) : touched;
   const int64_t P = total > 0 ? offsets[total - 1].item<int64_t>() : 0;
-  torch::Tensor point_list = torch::empty({P}, opts.dtype(torch::kInt32));
+  at::Tensor point_list = at::empty({P}, opts.dtype(at::kInt));
   if (P > 0) {
-    torch::Tensor keys = torch::empty({P}, opts.dtype(torch::kInt64));
-    torch::Tensor keys_sorted = torch::empty({P}, opts.dtype(torch::kInt64));
-    torch::Tensor values = torch::empty({P}, opts.dtype(torch::kInt32));
+    at::Tensor keys = at::empty({P}, opts.dtype(at::kLong));
+    at::Tensor keys_sorted = at::empty({P}, opts.dtype(at::kLong));
+    at::Tensor values = at::empty({P}, opts.dtype(at::kInt));
     auto* k_in = reinterpret_cast<uint64_t*>(keys.data_ptr<int64_t>());
     auto* k_out = reinterpret_cast<uint64_t*>(keys_sorted.data_ptr<int64_t>());
     duplicate_kernel<<<blocks_for(total), kThreads, 0, stream>>>(in, st, offsets.data_ptr<int64_t>(), k_in,
@@ -198,7 +198,7 @@ torch::Tensor rasterize_fwd_cuda(const RasterInputs& in, const GeomState& st, co
     size_t temp_bytes = 0;
     cub::DeviceRadixSort::SortPairs(nullptr, temp_bytes, k_in, k_out, values.data_ptr<int>(),
                                     point_list.data_ptr<int>(), P, 0, end_bit, stream);
-    torch::Tensor temp = torch::empty({(int64_t)temp_bytes}, opts.dtype(torch::kUInt8));
+    at::Tensor temp = at::empty({(int64_t)temp_bytes}, opts.dtype(at::kByte));
     cub::DeviceRadixSort::SortPairs(temp.data_ptr(), temp_bytes, k_in, k_out, values.data_ptr<int>(),
                                     point_list.data_ptr<int>(), P, 0, end_bit, stream);
     tile_ranges_kernel<<<blocks_for(P), kThreads, 0, stream>>>(k_out, P, ranges);

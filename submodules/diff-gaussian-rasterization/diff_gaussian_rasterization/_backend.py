@@ -41,4 +41,11 @@ def build_info(package: str) -> dict:
         ext = load_extension(package)
     except ExtensionNotBuiltError as exc:
         return {"cpu": False, "cuda": False, "cuda_arch": [], "error": str(exc)}
-    return dict(ext.build_info())
+    return parse_build_info(ext.build_info())
+
+
+def parse_build_info(raw) -> dict:
+    """The extension reports ``cuda_arch_list`` as TORCH_CUDA_ARCH_LIST's string; expose it as a list."""
+    info = dict(raw)
+    info["cuda_arch"] = [a for a in info.pop("cuda_arch_list", "").replace(" ", ";").split(";") if a]
+    return info

@@ -28,19 +28,10 @@ pybind11::dict build_info() {
   d["cpu"] = true;
 #ifdef WITH_CUDA
   d["cuda"] = true;
-  std::string archs = GT_CUDA_ARCH_LIST;
-  pybind11::list lst;
-  size_t start = 0;
-  while (start <= archs.size()) {
-    size_t end = archs.find(';', start);
-    if (end == std::string::npos) end = archs.size();
-    if (end > start) lst.append(archs.substr(start, end - start));
-    start = end + 1;
-  }
-  d["cuda_arch"] = lst;
+  d["cuda_arch_list"] = std::string(GT_CUDA_ARCH_LIST);
 #else
   d["cuda"] = false;
-  d["cuda_arch"] = pybind11::list();
+  d["cuda_arch_list"] = std::string();
 #endif
   return d;
 }

@@ -1,15 +1,15 @@
 // simple-knn: mean squared distance of each point to its 3 nearest other points.
 #pragma once
 
-#include <torch/extension.h>
+#include <ATen/core/Tensor.h>
 
 namespace gt_knn {
 
 // Both backends: points [N, 3] float32 contiguous -> [N] float32. For N < 4 the mean is over the N - 1
 // other points; a single point gets 0. Duplicates are distinct points at distance 0.
-torch::Tensor mean_sq_dist3_cpu(const torch::Tensor& points);
+at::Tensor mean_sq_dist3_cpu(const at::Tensor& points);
 #ifdef WITH_CUDA
-torch::Tensor mean_sq_dist3_cuda(const torch::Tensor& points);
+at::Tensor mean_sq_dist3_cuda(const at::Tensor& points);
 #endif
 
 // Insert d into the ascending list best[0..k).

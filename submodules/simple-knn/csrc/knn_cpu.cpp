@@ -5,13 +5,15 @@
 #include <cmath>
 #include <vector>
 
+#include <ATen/ops/zeros.h>
+
 #include "knn.h"
 
 namespace gt_knn {
 
-torch::Tensor mean_sq_dist3_cpu(const torch::Tensor& points) {
+at::Tensor mean_sq_dist3_cpu(const at::Tensor& points) {
   const int64_t N = points.size(0);
-  torch::Tensor out = torch::zeros({N}, points.options());
+  at::Tensor out = at::zeros({N}, points.options());
   const int k = (int)std::min<int64_t>(3, N - 1);
   if (k <= 0) return out;
   const float* p = points.data_ptr<float>();

@@ -1,6 +1,7 @@
 // Exact 3-NN on the GPU by brute force in shared-memory tiles: O(N^2) work but fully parallel and simple;
 // it runs once per model, at initialisation (35k points: ~1.2e9 distance evaluations).
 #include <ATen/cuda/CUDAContext.h>
+#include <ATen/ops/zeros.h>
 #include <cfloat>
 
 #include "knn.h"
@@ -47,9 +48,9 @@ __global__ void knn3_kernel(const float* __restrict__ p, int64_t N, int k, float
 
 }  // namespace
 
-torch::Tensor mean_sq_dist3_cuda(const torch::Tensor& points) {
+at::Tensor mean_sq_dist3_cuda(const at::Tensor& points) {
   const int64_t N = points.size(0);
-  torch::Tensor out = torch::zeros({N}, points.options());
+  at::Tensor out = at::zeros({N}, points.options());
   const int k = (int)std::min<int64_t>(3, N - 1);
   if (k <= 0) return out;
   const int blocks = (int)((N + kBlock - 1) / kBlock);

@@ -34,6 +34,8 @@ def distCUDA2(points: torch.Tensor) -> torch.Tensor:  # noqa: N802 (3DGS API nam
 def build_info() -> dict:
     """Which backends were compiled: ``{"cpu": bool, "cuda": bool, "cuda_arch": [...]}``."""
     try:
-        return dict(_ext().build_info())
+        info = dict(_ext().build_info())
     except ImportError as exc:
         return {"cpu": False, "cuda": False, "cuda_arch": [], "error": str(exc)}
+    info["cuda_arch"] = [a for a in info.pop("cuda_arch_list", "").replace(" ", ";").split(";") if a]
+    return info
