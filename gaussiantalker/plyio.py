@@ -10,12 +10,13 @@ scalar properties. Writes are atomic (temporary name + rename).
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple, Union
 
 import numpy as np
+
+from .fileio import atomic_write
 
 PathLike = Union[str, os.PathLike]
 
@@ -77,20 +78,7 @@ def write_ply(path: PathLike, cloud: PointCloud) -> Path:
     header += [f"property {type_names[t]} {name}" for name, t in fields]
     header.append("end_header")
     blob = ("\n".join(header) + "\n").encode("ascii") + data.tobytes()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(blob)
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)  # mkstemp creates 0600; give the file open()'s permissions
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    return atomic_write(path, lambda tmp: tmp.write_bytes(blob))
 
 
 def _parse_header(f) -> Tuple[str, List[Tuple[str, int, List[Tuple[str, str]], bool]]]:

@@ -48,6 +48,8 @@ from typing import Iterable, Iterator, List, Optional, Tuple, Union
 
 import numpy as np
 
+from ..fileio import atomic_write
+
 logger = logging.getLogger(__name__)
 
 PathLike = Union[str, os.PathLike]
@@ -134,11 +136,8 @@ def write_lms(path: PathLike, points68: np.ndarray) -> None:
         raise ValueError(f"points68 must have shape [68, 2], got {pts.shape}")
     if not np.isfinite(pts).all():
         raise ValueError(f"points68 for {path} contains NaN/inf (frame without a face?)")
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as f:
-        f.write("\n".join(f"{x:f} {y:f}" for x, y in pts) + "\n")
-    os.replace(tmp, path)
+    text = "\n".join(f"{x:f} {y:f}" for x, y in pts) + "\n"
+    atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
 def read_lms(path: PathLike) -> np.ndarray:

@@ -24,7 +24,6 @@ import json
 import logging
 import os
 import pickle
-import tempfile
 from pathlib import Path
 from typing import Dict, Optional, Union
 
@@ -32,6 +31,7 @@ import numpy as np
 import torch
 
 from ...assets import asset_dir, find_asset
+from ...fileio import atomic_write
 from .model import MorphableModel
 
 logger = logging.getLogger(__name__)
@@ -177,19 +177,9 @@ def _load_or_convert(paths: Dict[str, Path], cache_dir: Path) -> Dict[str, np.nd
         logger.info("BFM: source files changed, re-converting (cache %s)", cache)
     logger.info("BFM: converting %s (once; cached in %s)", paths[MAT_FILE], cache)
     arrays = convert_bfm(paths)
-    tmp = None
     try:
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".bfm2009.", suffix=".npz", dir=cache_dir)
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, fingerprint=np.array(fingerprint), **arrays)
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)
-        os.replace(tmp, cache)
+        atomic_write(cache, lambda tmp: np.savez(tmp, fingerprint=np.array(fingerprint), **arrays))
     except OSError as exc:
-        if tmp is not None and os.path.exists(tmp):
-            os.unlink(tmp)
         logger.warning("BFM: could not write the conversion cache in %s (%s); it will be converted "
                        "again next time", cache_dir, exc)
     return arrays

@@ -17,7 +17,6 @@ import json
 import logging
 import os
 import subprocess
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, Iterable, Optional, Sequence, Union
@@ -26,6 +25,7 @@ import numpy as np
 import torch
 
 from ...camera import TRANSFORMS_SCALE, c2w_from_pose, rotation_from_euler
+from ...fileio import atomic_write
 from ...plyio import PointCloud, write_ply
 from .fit import TrackingResult
 from .surface import dense_head_surface
@@ -33,29 +33,6 @@ from .surface import dense_head_surface
 logger = logging.getLogger(__name__)
 
 PathLike = Union[str, os.PathLike]
-
-
-def _default_mode() -> int:
-    """Permissions a plain ``open()`` would give (``mkstemp`` creates files 0600)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
-
-
-def _atomic_write(path: Path, write) -> Path:
-    """Call ``write(tmp_path)`` on a temporary file next to ``path`` and rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.chmod(tmp, _default_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
 
 
 def write_track_params(path: PathLike, result: TrackingResult) -> Path:
@@ -67,7 +44,7 @@ def write_track_params(path: PathLike, result: TrackingResult) -> Path:
         "trans": result.trans.float().cpu(),
         "focal": torch.tensor([result.focal], dtype=torch.float32),
     }
-    return _atomic_write(Path(path), lambda tmp: torch.save(params, tmp))
+    return atomic_write(Path(path), lambda tmp: torch.save(params, tmp))
 
 
 def split_index(num_frames: int) -> int:
@@ -94,7 +71,7 @@ def write_transforms(folder: PathLike, result: TrackingResult,
     for name, part in (("train", frames[:cut]), ("val", frames[cut:])):
         doc = {"focal_len": float(result.focal), "cx": float(w / 2), "cy": float(h / 2), "frames": part}
         path = Path(folder) / f"transforms_{name}.json"
-        out[name] = _atomic_write(path, lambda tmp, d=doc: tmp.write_text(json.dumps(d, indent=1)))
+        out[name] = atomic_write(path, lambda tmp, d=doc: tmp.write_text(json.dumps(d, indent=1)))
     return out
 
 
@@ -192,7 +169,7 @@ def write_preview(path: PathLike, frames: Iterable[np.ndarray], result: Tracking
         if count == 0:
             raise ValueError("no frames given for the preview")
 
-    return _atomic_write(path, write)
+    return atomic_write(path, write)
 
 
 @dataclass
