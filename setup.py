@@ -16,6 +16,7 @@ import subprocess
 import sys
 
 from setuptools import setup
+from setuptools.command.build_py import build_py
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 RAST_DIR = os.path.join("submodules", "diff-gaussian-rasterization")
@@ -185,6 +186,19 @@ def _packages():
     return sorted(pkgs) + ["diff_gaussian_rasterization", "simple_knn"]
 
 
+class BuildPyWithPresets(build_py):
+    """Installs the top-level ``configs/*.py`` presets as ``gaussiantalker/configs/`` (package data), so
+    ``--config 64_dim_1_transformer`` works from any directory; a source checkout reads ``configs/``."""
+
+    def run(self):
+        super().run()
+        target = os.path.join(self.build_lib, "gaussiantalker", "configs")
+        os.makedirs(target, exist_ok=True)
+        for name in sorted(os.listdir(os.path.join(HERE, "configs"))):
+            if name.endswith((".py", ".md")):
+                self.copy_file(os.path.join(HERE, "configs", name), os.path.join(target, name))
+
+
 if __name__ == "__main__":
     os.chdir(HERE)
     ext_modules, build_ext = _extensions()
@@ -195,8 +209,8 @@ if __name__ == "__main__":
             "diff_gaussian_rasterization": os.path.join(RAST_DIR, "diff_gaussian_rasterization"),
             "simple_knn": os.path.join(KNN_DIR, "simple_knn"),
         },
-        package_data={"gaussiantalker": ["configs/*.py", "py.typed"]},
+        package_data={"gaussiantalker": ["py.typed"]},
         ext_modules=ext_modules,
-        cmdclass={"build_ext": build_ext},
+        cmdclass={"build_ext": build_ext, "build_py": BuildPyWithPresets},
         zip_safe=False,
     )

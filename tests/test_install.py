@@ -39,12 +39,16 @@ def test_fresh_venv_pip_install(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     probe = (
         "import json, diff_gaussian_rasterization as d, simple_knn as k, gaussiantalker as g;"
-        "print(json.dumps({'d': d.build_info(), 'k': k.build_info(), 'd_file': d.__file__, 'g': g.__version__}))"
+        "print(json.dumps({'d': d.build_info(), 'k': k.build_info(), 'd_file': d.__file__, 'g': g.__version__, 'g_file': g.__file__}))"
     )
     out = subprocess.run([str(py), "-c", probe], cwd=tmp_path, env=env, capture_output=True, text=True, check=True)
     info = json.loads(out.stdout.strip().splitlines()[-1])
     assert str(REPO) not in info["d_file"]  # the installed copy, not the source tree
     assert info["d"]["cpu"] and info["k"]["cpu"]
+    # the config presets travel with the package, so `--config 64_dim_1_transformer` works anywhere
+    presets = Path(info["g_file"]).parent / "configs"
+    for preset in ("64_dim_1_transformer.py", "64_dim_2_transformer.py", "cpu_small.py"):
+        assert (presets / preset).is_file(), f"{preset} not installed in {presets}"
     if _cuda_toolkit():
         assert info["d"]["cuda"] and info["k"]["cuda"], info
         assert info["d"]["cuda_arch"] == ["8.0"]

@@ -1,1 +1,1 @@
-"""render subpackage."""
+"""Rendering: the batched rasterizer call (``rasterize``); video writing lives in ``render.video``."""

@@ -1,0 +1,53 @@
+# ruff: noqa: C408  (the original's file shape: GroupName = dict(...))
+# A small configuration that trains a useful model on a CPU in minutes (our preset, not the original's).
+# Parsed as data (ast.literal_eval of each value), never executed. Every key not set here keeps the value
+# of 64_dim_1_transformer (see gaussiantalker/config.py); the changes and why:
+ModelHiddenParams = dict(
+    # Coarser planes: 32x32 and 64x64 (scales 1 and 2) instead of 64 and 128. The tri-plane only has to
+    # describe a few thousand Gaussians on a head at 256 px; 4x fewer plane texels to update.
+    kplanes_config={
+        'grid_dimensions': 2,
+        'input_coordinate_dim': 3,
+        'output_coordinate_dim': 32,
+        'resolution': [32, 32, 32],
+    },
+    multires=[1, 2],
+    d_model=64,  # = 32 channels x 2 scales (the tri-plane feature is the attention query)
+    net_width=64,  # hidden width of the tri-plane MLP and of the five offset heads (128): they run on B x N
+    defor_depth=2,
+    n_head=2,
+    ffn_hidden=128,
+    n_layer=1,
+    drop_prob=0.2,
+)
+OptimizationParams = dict(
+    # 1000 + 1000 iterations instead of 7999 + 10000.
+    coarse_iterations=1000,
+    iterations=1000,
+    # 4 frames per fine-stage step instead of 32: the per-Gaussian attention and heads cost B x N.
+    batch_size=4,
+    # The learning-rate decays span 2500 steps (20000 in the original), so a short run travels about as
+    # far down the schedule (40-50%) as the original's 8k / 10k-iteration stages do.
+    position_lr_max_steps=2500,
+    deformation_lr_init=0.0001,
+    deformation_lr_final=0.00001,
+    # Densification scaled to the short coarse stage: from iteration 200 to 800, every 100.
+    densify_from_iter=200,
+    densify_until_iter=800,
+    densification_interval=100,
+    pruning_from_iter=200,
+    pruning_interval=100,
+    densify_grad_threshold_coarse=0.001,
+    opacity_reset_interval=600,  # size-based pruning after 600 iterations (3000 of 7999 in the original)
+    lip_fine_tuning=True,
+    depth_fine_tuning=True,
+    canonical_tri_plane_factor_list=["opacity", "shs"],
+    checkpoint_every=500,
+    preview_every=250,
+)
+ModelParams = dict(
+    sh_degree=3,
+    resolution=256,  # train at 256x256 (4x fewer pixels than 512): the rasterizer's cost scales with pixels
+    max_points=8000,  # a random 8k of the ~35k tracked vertices: enough for a 256 px head
+    max_gaussians=16000,  # densification cap (50k in the original)
+)

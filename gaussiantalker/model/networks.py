@@ -1,0 +1,178 @@
+"""Condition encoders and the spatial-audio cross-attention (reference §5.3-§5.4).
+
+All encoders are batched: the original looped over frames in Python for the audio attention.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+Tensor = torch.Tensor
+
+
+def mlp(dims: list[int], bias: bool = True) -> nn.Sequential:
+    """Linear layers with ReLU between them (none after the last)."""
+    layers: list[nn.Module] = []
+    for k, (a, b) in enumerate(zip(dims[:-1], dims[1:])):
+        if k:
+            layers.append(nn.ReLU())
+        layers.append(nn.Linear(a, b, bias=bias))
+    return nn.Sequential(*layers)
+
+
+class AudioEncoder(nn.Module):
+    """Audio windows ``[B, 8, 16, D]`` -> one ``[B, d_model]`` token.
+
+    AudioNet (per window: four stride-2 Conv1d over the 16 time steps, D->32->32->64->64, LeakyReLU 0.02,
+    then Linear 64->64->32), AudioAttNet (Conv1d over the 8-window sequence, 32->16->8->4->2->1 channels,
+    Linear 8->8, softmax weights, weighted sum of the 8 embeddings), then a bias-free MLP 32->64->d_model.
+    """
+
+    def __init__(self, audio_dim: int, d_model: int) -> None:
+        super().__init__()
+        self.audio_dim = int(audio_dim)
+        chans = [self.audio_dim, 32, 32, 64, 64]
+        convs: list[nn.Module] = []
+        for a, b in zip(chans[:-1], chans[1:]):
+            convs += [nn.Conv1d(a, b, kernel_size=3, stride=2, padding=1), nn.LeakyReLU(0.02)]
+        self.conv = nn.Sequential(*convs)
+        self.fc = nn.Sequential(nn.Linear(64, 64), nn.LeakyReLU(0.02), nn.Linear(64, 32))
+        att: list[nn.Module] = []
+        chans = [32, 16, 8, 4, 2, 1]
+        for a, b in zip(chans[:-1], chans[1:]):
+            att += [nn.Conv1d(a, b, kernel_size=3, stride=1, padding=1), nn.LeakyReLU(0.02)]
+        self.att_conv = nn.Sequential(*att)
+        self.att_fc = nn.Linear(8, 8)
+        self.out = mlp([32, 64, d_model], bias=False)
+
+    def forward(self, audio: Tensor) -> tuple[Tensor, Tensor]:
+        """Returns the token ``[B, d_model]`` and the window weights ``[B, 8]``."""
+        if audio.ndim != 4 or audio.shape[1:] != (8, 16, self.audio_dim):
+            raise ValueError(f"audio must have shape [B, 8, 16, {self.audio_dim}], got {tuple(audio.shape)}")
+        b = audio.shape[0]
+        x = audio.reshape(b * 8, 16, self.audio_dim).transpose(1, 2)  # [B*8, D, 16] channels x time
+        x = self.conv(x).squeeze(-1)  # [B*8, 64]
+        emb = self.fc(x).view(b, 8, 32)  # [B, 8, 32]
+        w = self.att_conv(emb.transpose(1, 2)).view(b, 8)  # [B, 8]
+        w = torch.softmax(self.att_fc(w), dim=1)
+        token = (w.unsqueeze(-1) * emb).sum(1)  # [B, 32]
+        return self.out(token), w
+
+
+class EyeEncoder(nn.Module):
+    """Blink ``[B, 1]`` in [0, 1] -> ``[B, d_model]``.
+
+    A fresh design (the original multiplied by ``10000^(2i/d)``, aliasing most channels): 16 frequencies
+    ``π·2^(4i/15)`` (π .. 16π, at most 8 periods over [0, 1]), sin and cos -> 32 values, then a
+    bias-free MLP 32->64->d_model.
+    """
+
+    def __init__(self, d_model: int, num_freqs: int = 16) -> None:
+        super().__init__()
+        freqs = math.pi * 2.0 ** torch.linspace(0.0, 4.0, num_freqs)
+        self.register_buffer("freqs", freqs, persistent=False)
+        self.mlp = mlp([2 * num_freqs, 64, d_model], bias=False)
+
+    def forward(self, eye: Tensor) -> Tensor:
+        x = eye * self.freqs  # [B, F]
+        return self.mlp(torch.cat([torch.sin(x), torch.cos(x)], dim=-1))
+
+
+class CrossAttentionLayer(nn.Module):
+    """One post-LayerNorm transformer layer: the Gaussians' features attend to the condition tokens.
+
+    ``x = LN(x + Dropout(MHA(x, tokens)))``, ``x = LN(x + Dropout(FFN(x)))``, FFN = Linear-ReLU-Dropout-Linear.
+    """
+
+    def __init__(self, d_model: int, n_head: int, ffn_hidden: int, drop_prob: float) -> None:
+        super().__init__()
+        self.n_head = n_head
+        self.q = nn.Linear(d_model, d_model)
+        self.k = nn.Linear(d_model, d_model)
+        self.v = nn.Linear(d_model, d_model)
+        self.o = nn.Linear(d_model, d_model)
+        self.norm1 = nn.LayerNorm(d_model, eps=1e-12)
+        self.norm2 = nn.LayerNorm(d_model, eps=1e-12)
+        self.ffn = nn.Sequential(nn.Linear(d_model, ffn_hidden), nn.ReLU(), nn.Dropout(drop_prob),
+                                 nn.Linear(ffn_hidden, d_model))
+        self.drop1 = nn.Dropout(drop_prob)
+        self.drop2 = nn.Dropout(drop_prob)
+
+    def forward(self, x: Tensor, tokens: Tensor) -> tuple[Tensor, Tensor]:
+        """``x [B, N, d]`` or ``[N, d]`` (shared by the batch), ``tokens [B, T, d]`` -> ``([B, N, d],
+        attention [B, N, T] averaged over heads)``."""
+        b, t, d = tokens.shape
+        hd = d // self.n_head
+        q = self.q(x)  # [N, d] or [B, N, d]: a shared query is projected once
+        if q.ndim == 2:
+            q = q.unsqueeze(0)
+        n = q.shape[1]
+        q = q.view(q.shape[0], n, self.n_head, hd).transpose(1, 2)  # [1|B, h, N, hd]
+        k = self.k(tokens).view(b, t, self.n_head, hd).transpose(1, 2)  # [B, h, T, hd]
+        v = self.v(tokens).view(b, t, self.n_head, hd).transpose(1, 2)
+        att = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(hd), dim=-1)  # [B, h, N, T]
+        out = (att @ v).transpose(1, 2).reshape(b, n, d)  # [B, N, d]
+        x = self.norm1(x + self.drop1(self.o(out)))  # a shared x broadcasts to [B, N, d]
+        x = self.norm2(x + self.drop2(self.ffn(x)))
+        return x, att.mean(1)
+
+
+class SpatialAudioAttention(nn.Module):
+    """``n_layer`` cross-attention layers; returns the attended features and the maps of every layer."""
+
+    def __init__(self, d_model: int, n_head: int, ffn_hidden: int, n_layer: int, drop_prob: float) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(
+            [CrossAttentionLayer(d_model, n_head, ffn_hidden, drop_prob) for _ in range(n_layer)])
+
+    def forward(self, x: Tensor, tokens: Tensor) -> tuple[Tensor, Tensor]:
+        """``x [N, d]`` tri-plane features, ``tokens [B, T, d]`` -> ``([B, N, d], [B, L, N, T])``."""
+        maps = []
+        for layer in self.layers:
+            x, att = layer(x, tokens)
+            maps.append(att)
+        return x, torch.stack(maps, dim=1)
+
+
+def init_linear(module: nn.Module) -> None:
+    """Xavier-uniform (gain 1) weights for every Linear, biases left at PyTorch's default (as the original)."""
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.xavier_uniform_(m.weight)
+
+
+def zero_last_linear(seq: nn.Sequential) -> None:
+    """Zero the weight and bias of the last Linear, so the head outputs exactly 0 until trained."""
+    last = [m for m in seq.modules() if isinstance(m, nn.Linear)][-1]
+    nn.init.zeros_(last.weight)
+    if last.bias is not None:
+        nn.init.zeros_(last.bias)
+
+
+def small_last_linear(seq: nn.Sequential, gain: float = 0.1) -> None:
+    """Xavier-uniform with a small gain and zero bias for the last Linear (the tri-plane heads)."""
+    last = [m for m in seq.modules() if isinstance(m, nn.Linear)][-1]
+    nn.init.xavier_uniform_(last.weight, gain=gain)
+    if last.bias is not None:
+        nn.init.zeros_(last.bias)
+
+
+def head(d_in: int, hidden: int, k: int) -> nn.Sequential:
+    """``ReLU -> Linear(d_in, hidden) -> ReLU -> Linear(hidden, k)``."""
+    return nn.Sequential(nn.ReLU(), nn.Linear(d_in, hidden), nn.ReLU(), nn.Linear(hidden, k))
+
+
+__all__ = [
+    "AudioEncoder",
+    "CrossAttentionLayer",
+    "EyeEncoder",
+    "SpatialAudioAttention",
+    "head",
+    "init_linear",
+    "mlp",
+    "small_last_linear",
+    "zero_last_linear",
+]

@@ -1,0 +1,309 @@
+"""The GaussianTalker model: canonical Gaussians, tri-plane, condition encoders, attention, offset heads.
+
+Stages (reference §4.2, §5.5):
+
+* ``coarse``: positions, scales and rotations are free per-Gaussian parameters; the attributes named in
+  ``canonical_tri_plane_factor_list`` (by default opacity and SH) are predicted by MLP heads from the
+  tri-plane feature of each Gaussian's position. No conditions.
+* ``fine``: :meth:`GaussianTalkerModel.start_fine` materialises the tri-plane predictions as free
+  parameters; the tri-plane feature becomes the query of the spatial-audio attention over the tokens
+  (audio, eye, camera, null), and five heads add offsets to position, log-scale, quaternion, opacity logit
+  and SH. The heads' last layers start at zero, so an untrained deformation is exactly the identity.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import torch
+from torch import nn
+
+from ..config import TrainConfig
+from .networks import (
+    AudioEncoder,
+    EyeEncoder,
+    SpatialAudioAttention,
+    head,
+    init_linear,
+    mlp,
+    small_last_linear,
+    zero_last_linear,
+)
+from .triplane import TriPlane
+from .types import Conditions, GaussianBatch, rgb_to_sh
+
+Tensor = torch.Tensor
+log = logging.getLogger(__name__)
+
+#: Per-Gaussian parameters, in the order of the PLY file (optimizer group names in brackets).
+GAUSSIAN_PARAMS = ("xyz", "features_dc", "features_rest", "opacity", "scaling", "rotation")
+#: The fine-stage offset heads and their output sizes.
+OFFSET_HEADS = {"dx": 3, "ds": 3, "dr": 4, "do": 1, "dshs": 48}
+_HEAD_FLAG = {"dx": "no_dx", "ds": "no_ds", "dr": "no_dr", "do": "no_do", "dshs": "no_dshs"}
+_FACTOR_DIM = {"scales": 3, "rotations": 4, "opacity": 1, "shs": 48}
+STAGES = ("coarse", "fine")
+
+
+class GaussianTalkerModel(nn.Module):
+    """All learnable state of one talking-head model.
+
+    Build one with :meth:`from_point_cloud` (training) or ``GaussianTalkerModel(config, audio_dim, n)``
+    followed by ``load_state_dict`` (loading). Per-Gaussian parameters: ``xyz [N,3]``,
+    ``features_dc [N,1,3]``, ``features_rest [N,15,3]``, ``opacity [N,1]`` (logit), ``scaling [N,3]``
+    (log), ``rotation [N,4]`` (w,x,y,z, unnormalised).
+    """
+
+    def __init__(self, config: TrainConfig, audio_dim: int, num_points: int) -> None:
+        super().__init__()
+        h, o = config.hidden, config.optimization
+        self.max_sh_degree = int(config.model.sh_degree)
+        self.audio_dim = int(audio_dim)
+        self.factors = tuple(f for f in ("scales", "rotations", "opacity", "shs")
+                             if f in o.canonical_tri_plane_factor_list)
+        n, k = int(num_points), (self.max_sh_degree + 1) ** 2
+        self.xyz = nn.Parameter(torch.zeros(n, 3))
+        self.features_dc = nn.Parameter(torch.zeros(n, 1, 3))
+        self.features_rest = nn.Parameter(torch.zeros(n, k - 1, 3))
+        self.opacity = nn.Parameter(torch.zeros(n, 1))
+        self.scaling = nn.Parameter(torch.zeros(n, 3))
+        self.rotation = nn.Parameter(torch.zeros(n, 4))
+        self.register_buffer("active_sh_degree", torch.tensor(0, dtype=torch.long))
+        self.register_buffer("fine_ready", torch.tensor(False))
+
+        kp = h.kplanes_config
+        self.triplane = TriPlane(kp["output_coordinate_dim"], kp["resolution"], h.multires)
+        d = self.triplane.out_dim
+        # Coarse stage: tri-plane feature -> MLP -> the canonical attribute heads.
+        self.feature_out = mlp([d] + [h.net_width] * h.defor_depth)
+        self.canonical_heads = nn.ModuleDict({f: head(h.net_width, h.net_width, _FACTOR_DIM[f]) for f in self.factors})
+        # Fine stage: condition encoders, attention, offset heads.
+        self.audio_encoder = AudioEncoder(self.audio_dim, h.d_model)
+        self.eye_encoder = EyeEncoder(h.d_model)
+        self.cam_encoder = mlp([12, 64, h.d_model], bias=False)
+        self.null_token = nn.Parameter(torch.randn(1, 1, h.d_model))
+        self.attention = SpatialAudioAttention(h.d_model, h.n_head, h.ffn_hidden, h.n_layer, h.drop_prob)
+        self.offset_heads = nn.ModuleDict({
+            name: head(h.d_model, h.net_width, dim) for name, dim in OFFSET_HEADS.items()
+            if not getattr(h, _HEAD_FLAG[name])
+        })
+        init_linear(self)
+        for seq in self.canonical_heads.values():
+            small_last_linear(seq, 0.1)
+        for seq in self.offset_heads.values():
+            zero_last_linear(seq)
+        self._cache: tuple[tuple, Tensor] | None = None
+
+    # ------------------------------------------------------------------ construction
+
+    @classmethod
+    def from_point_cloud(cls, xyz: Tensor, rgb: Tensor | None, config: TrainConfig, audio_dim: int,
+                         generator: torch.Generator | None = None) -> GaussianTalkerModel:
+        """Initial model from a point cloud ``xyz [N,3]`` (scene units) with colours ``rgb [N,3]`` in [0,1]
+        (None: grey). At most ``config.model.max_points`` points are kept (a random subset drawn with
+        ``generator``); scales from the mean squared distance to the 3 nearest neighbours (simple-knn);
+        rotation identity; opacity logit(0.1); the tri-plane box is the points' bounding box."""
+        from simple_knn import distCUDA2
+
+        if xyz.ndim != 2 or xyz.shape[1] != 3 or xyz.shape[0] < 1:
+            raise ValueError(f"xyz must have shape [N, 3] with N >= 1, got {tuple(xyz.shape)}")
+        xyz = xyz.detach().to("cpu", torch.float32)
+        rgb = torch.full_like(xyz, 0.5) if rgb is None else rgb.detach().to("cpu", torch.float32)
+        if rgb.shape != xyz.shape:
+            raise ValueError(f"rgb must have shape {tuple(xyz.shape)}, got {tuple(rgb.shape)}")
+        limit = int(config.model.max_points)
+        if 0 < limit < xyz.shape[0]:
+            keep = torch.randperm(xyz.shape[0], generator=generator)[:limit].sort().values
+            xyz, rgb = xyz[keep], rgb[keep]
+        model = cls(config, audio_dim, xyz.shape[0])
+        dist2 = distCUDA2(xyz).clamp_min(1e-7)
+        with torch.no_grad():
+            model.xyz.copy_(xyz)
+            model.features_dc.copy_(rgb_to_sh(rgb).unsqueeze(1))
+            model.scaling.copy_(torch.log(torch.sqrt(dist2)).unsqueeze(-1).repeat(1, 3))
+            model.rotation.zero_()
+            model.rotation[:, 0] = 1.0
+            model.opacity.fill_(math.log(0.1 / 0.9))
+        model.triplane.set_aabb(xyz)
+        return model
+
+    @property
+    def num_points(self) -> int:
+        return int(self.xyz.shape[0])
+
+    def gaussian_parameters(self) -> dict[str, nn.Parameter]:
+        """The per-Gaussian parameters by name (rows = Gaussians)."""
+        return {name: getattr(self, name) for name in GAUSSIAN_PARAMS}
+
+    def replace_gaussian_parameters(self, tensors: dict[str, Tensor]) -> dict[str, nn.Parameter]:
+        """Swap in new per-Gaussian tensors (after densify / prune); returns the new Parameters."""
+        out = {}
+        for name, value in tensors.items():
+            if name not in GAUSSIAN_PARAMS:
+                raise ValueError(f"unknown per-Gaussian parameter {name!r}")
+            param = nn.Parameter(value.detach().contiguous(), requires_grad=getattr(self, name).requires_grad)
+            setattr(self, name, param)
+            out[name] = param
+        self._cache = None
+        return out
+
+    def resize_for_state(self, state: dict[str, Tensor]) -> None:
+        """Give the per-Gaussian parameters the row count of ``state`` (before ``load_state_dict``)."""
+        n = int(state["xyz"].shape[0])
+        if n != self.num_points:
+            self.replace_gaussian_parameters({name: state[name].new_zeros(state[name].shape).to(
+                getattr(self, name).device) for name in GAUSSIAN_PARAMS})
+
+    # ------------------------------------------------------------------ parameter groups
+
+    def parameter_groups(self, stage: str) -> dict[str, list]:
+        """Parameters trained in ``stage``, by the original's optimizer group names (reference §4.3)."""
+        groups: dict[str, list] = {"xyz": [self.xyz], "grid": list(self.triplane.planes()), "scaling": [self.scaling],
+                                   "rotation": [self.rotation]}
+        if stage == "coarse":
+            groups["deformation"] = list(self.feature_out.parameters()) + list(self.canonical_heads.parameters())
+            if "scales" in self.factors:
+                del groups["scaling"]
+            if "rotations" in self.factors:
+                del groups["rotation"]
+            if "opacity" not in self.factors:
+                groups["opacity"] = [self.opacity]
+            if "shs" not in self.factors:
+                groups["f_dc"], groups["f_rest"] = [self.features_dc], [self.features_rest]
+        elif stage == "fine":
+            groups["deformation"] = (list(self.audio_encoder.parameters()) + list(self.eye_encoder.parameters())
+                                     + list(self.cam_encoder.parameters()) + [self.null_token]
+                                     + list(self.attention.parameters()) + list(self.offset_heads.parameters()))
+            groups.update(opacity=[self.opacity], f_dc=[self.features_dc], f_rest=[self.features_rest])
+        else:
+            raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
+        return groups
+
+    # ------------------------------------------------------------------ forward
+
+    def triplane_features(self) -> Tensor:
+        """Tri-plane feature of every canonical Gaussian, ``[N, d_model]``; cached in eval mode."""
+        if self.training or torch.is_grad_enabled():
+            return self.triplane(self.xyz)
+        params = [self.xyz] + self.triplane.planes()
+        key = tuple((p.data_ptr(), p._version) for p in params) + (str(self.xyz.device),)
+        if self._cache is None or self._cache[0] != key:
+            self._cache = (key, self.triplane(self.xyz))
+        return self._cache[1]
+
+    def canonical_attributes(self) -> dict[str, Tensor]:
+        """Raw (pre-activation) canonical attributes ``[N, ...]``. Before :meth:`start_fine`: the tri-plane
+        predictions for the factors in ``canonical_tri_plane_factor_list``, the free parameters for the
+        others; after it, the free parameters."""
+        out = {"xyz": self.xyz, "scaling": self.scaling, "rotation": self.rotation, "opacity": self.opacity,
+               "shs": torch.cat([self.features_dc, self.features_rest], dim=1)}
+        if not self.factors or bool(self.fine_ready):
+            return out
+        hidden = self.feature_out(self.triplane(self.xyz))  # [N, net_width]
+        n = self.num_points
+        if "scales" in self.factors:
+            out["scaling"] = self.canonical_heads["scales"](hidden) - 2.0  # the original's offset
+        if "rotations" in self.factors:
+            out["rotation"] = self.canonical_heads["rotations"](hidden)
+        if "opacity" in self.factors:
+            out["opacity"] = self.canonical_heads["opacity"](hidden)
+        if "shs" in self.factors:
+            shs = self.canonical_heads["shs"](hidden).view(n, 16, 3)
+            out["shs"] = shs[:, : (self.max_sh_degree + 1) ** 2]
+        return out
+
+    @torch.no_grad()
+    def start_fine(self) -> None:
+        """Materialise the last coarse prediction as the free fine-stage parameters (idempotent)."""
+        if bool(self.fine_ready):
+            return
+        attrs = self.canonical_attributes()
+        self.scaling.copy_(attrs["scaling"])
+        self.rotation.copy_(attrs["rotation"])
+        self.opacity.copy_(attrs["opacity"])
+        self.features_dc.copy_(attrs["shs"][:, :1])
+        self.features_rest.copy_(attrs["shs"][:, 1:])
+        self.fine_ready.fill_(True)
+        self._cache = None
+
+    def encode_conditions(self, cond: Conditions) -> Tensor:
+        """The condition tokens ``[B, 4, d_model]``: audio, eye, camera, null."""
+        audio, _ = self.audio_encoder(cond.audio)
+        eye = self.eye_encoder(cond.eye)
+        cam = self.cam_encoder(cond.cam)
+        null = self.null_token.expand(cond.batch_size, 1, -1)
+        return torch.cat([audio.unsqueeze(1), eye.unsqueeze(1), cam.unsqueeze(1), null], dim=1)
+
+    def deform(self, stage: str, cond: Conditions | None = None) -> GaussianBatch:
+        """The Gaussians of ``stage`` for a batch of conditions.
+
+        ``coarse``: the canonical Gaussians (conditions are optional and only set the batch size B; the
+        tensors are expanded, not copied). ``fine``: the canonical Gaussians plus the offsets predicted
+        from ``cond`` (required); raises ValueError before :meth:`start_fine`.
+        """
+        sh_degree = min(int(self.active_sh_degree), self.max_sh_degree)
+        if stage == "coarse":
+            a = self.canonical_attributes()
+            b = 1 if cond is None else cond.batch_size
+            return _activate(a["xyz"], a["scaling"], a["rotation"], a["opacity"], a["shs"], sh_degree, None, b)
+        if stage != "fine":
+            raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
+        if not bool(self.fine_ready):
+            raise ValueError("the fine stage needs start_fine() first (the model has not finished its coarse stage)")
+        if cond is None:
+            raise ValueError("the fine stage needs Conditions (audio, eye, cam)")
+        if cond.audio.shape[-1] != self.audio_dim:
+            raise ValueError(f"audio features have dimension {cond.audio.shape[-1]}, the model was trained "
+                             f"on {self.audio_dim}")
+        b, n = cond.batch_size, self.num_points
+        tokens = self.encode_conditions(cond)
+        h, attention = self.attention(self.triplane_features(), tokens)  # [B, N, d], [B, L, N, 4]
+        shs = torch.cat([self.features_dc, self.features_rest], dim=1)
+        xyz, scaling, rotation, opacity = self.xyz, self.scaling, self.rotation, self.opacity
+        heads = self.offset_heads
+        if "dx" in heads:
+            xyz = xyz + heads["dx"](h)
+        if "ds" in heads:
+            scaling = scaling + heads["ds"](h)
+        if "dr" in heads:
+            rotation = rotation + heads["dr"](h)
+        if "do" in heads:
+            opacity = opacity + heads["do"](h)
+        if "dshs" in heads:
+            shs = shs + heads["dshs"](h).view(b, n, 16, 3)[:, :, : shs.shape[1]]
+        return _activate(xyz, scaling, rotation, opacity, shs, sh_degree, attention, b)
+
+    def train(self, mode: bool = True) -> GaussianTalkerModel:
+        self._cache = None
+        return super().train(mode)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        self._cache = None
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+
+def _batched(t: Tensor, b: int, item_dims: int) -> Tensor:
+    """``t`` with a leading batch dimension B (expanded, not copied, when it has none)."""
+    if t.ndim == item_dims:
+        return t.unsqueeze(0).expand(b, *t.shape)
+    return t
+
+
+def _activate(xyz: Tensor, scaling: Tensor, rotation: Tensor, opacity: Tensor, shs: Tensor, sh_degree: int,
+              attention: Tensor | None, b: int) -> GaussianBatch:
+    rot = _batched(rotation, b, 2)
+    sh = _batched(shs, b, 3)
+    if sh.shape[2] < 16:  # a lower max SH degree: pad to the 16 coefficients of the batch layout
+        sh = torch.cat([sh, sh.new_zeros(*sh.shape[:2], 16 - sh.shape[2], 3)], dim=2)
+    return GaussianBatch(
+        means=_batched(xyz, b, 2),
+        scales=torch.exp(_batched(scaling, b, 2)),
+        rotations=torch.nn.functional.normalize(rot, dim=-1),
+        opacities=torch.sigmoid(_batched(opacity, b, 2)),
+        shs=sh,
+        sh_degree=sh_degree,
+        attention=attention,
+    )
+
+
+__all__ = ["GAUSSIAN_PARAMS", "OFFSET_HEADS", "STAGES", "GaussianTalkerModel"]

@@ -1,0 +1,81 @@
+"""Progress and logs of a training run: a tqdm bar (loss, PSNR, ETA) and optional TensorBoard output."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import types
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..config import TrainConfig
+
+log = logging.getLogger(__name__)
+
+
+def _summary_writer(folder: Path):
+    """A TensorBoard ``SummaryWriter``, or None when the ``tensorboard`` package is not installed."""
+    if "tensorflow" not in sys.modules:
+        # Without this marker tensorboard imports TensorFlow for file I/O: ~10 s, it claims GPU memory, and a
+        # later torchvision import would crash. Its own stub handles local files.
+        sys.modules.setdefault("tensorboard.compat.notf", types.ModuleType("tensorboard.compat.notf"))
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as exc:
+        log.debug("TensorBoard logging off: %s", exc)
+        return None
+    return SummaryWriter(str(folder))
+
+
+class Monitor:
+    """Updates the bar every iteration and writes scalars / previews every ``log_every`` / ``preview_every``."""
+
+    def __init__(self, model_dir: Path, config: TrainConfig, total: int, initial: int, progress: bool) -> None:
+        from tqdm.auto import tqdm
+
+        o = config.optimization
+        self.log_every, self.preview_every = max(int(o.log_every), 1), int(o.preview_every)
+        self.bar = tqdm(total=total, initial=initial, disable=not progress, desc="train", unit="it",
+                        dynamic_ncols=True)
+        self.writer = _summary_writer(Path(model_dir) / "tensorboard") if o.tensorboard else None
+        self.ema: dict[str, float] = {}
+
+    def update(self, iteration: int, stage: str, num_points: int, result: dict[str, Any]) -> None:
+        self.bar.update(1)
+        writing = self.writer is not None
+        scalars = writing and iteration % self.log_every == 0
+        images = writing and self.preview_every > 0 and iteration % self.preview_every == 0
+        if iteration % 10 and not scalars and not images:
+            return  # reading the loss synchronises a GPU: only every 10 iterations for the bar
+        loss, psnr = float(result["loss"]), float(result["psnr"])
+        for key, value in (("loss", loss), ("psnr", psnr)):
+            self.ema[key] = value if key not in self.ema else 0.6 * self.ema[key] + 0.4 * value
+        self.bar.set_postfix(stage=stage, loss=f"{self.ema['loss']:.4f}", psnr=f"{self.ema['psnr']:.2f}",
+                             points=num_points, refresh=False)
+        if scalars:
+            self.writer.add_scalar(f"{stage}/loss", loss, iteration)
+            self.writer.add_scalar(f"{stage}/psnr", psnr, iteration)
+            self.writer.add_scalar(f"{stage}/points", num_points, iteration)
+            for key, value in result["parts"].items():
+                self.writer.add_scalar(f"{stage}/{key}", float(value), iteration)
+        if images:
+            self.writer.add_image(f"{stage}/preview", preview(result["batch"].target[0], result["out"].image[0]),
+                                  iteration)
+
+    def close(self) -> None:
+        self.bar.close()
+        if self.writer is not None:
+            self.writer.close()
+
+
+def preview(target: torch.Tensor, render: torch.Tensor) -> torch.Tensor:
+    """``[3, H, 3W]`` image: ground truth | render | absolute difference."""
+    target = target.detach().float().cpu().clamp(0, 1)
+    render = render.detach().float().cpu().clamp(0, 1)
+    return torch.cat([target, render, (target - render).abs()], dim=-1)
+
+
+__all__ = ["Monitor", "preview"]
+

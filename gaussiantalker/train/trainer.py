@@ -1,0 +1,443 @@
+"""The two-stage trainer (reference §7, with §10's fixes), resumable from its checkpoints.
+
+Iterations: the coarse stage runs ``coarse_iterations`` (batch 1, no conditions, densification), then the
+fine stage runs ``iterations`` (batch ``batch_size``, audio/eye/camera conditions). Each stage counts its
+own iterations from 1 (learning-rate schedules, densification, SH degree, as the original); checkpoints
+are named by the *global* iteration (coarse + fine), snapshots ``point_cloud/iteration_<k>`` by the
+fine-stage iteration (``--iteration 10000`` after ``--iterations 10000``, as the original).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union
+
+import numpy as np
+import torch
+
+from ..config import TrainConfig, load_config
+from ..devices import resolve_device
+from ..fileio import atomic_write
+from ..model.io import ModelInfo, save_iteration, save_model_info
+from ..model.talker import STAGES, GaussianTalkerModel
+from ..model.types import Conditions
+from ..render.rasterize import render_batch
+from ..workspace import DEFAULT_WORKSPACE, Workspace, validate_name
+from .checkpoint import (
+    list_checkpoints,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from .monitor import Monitor
+from .objective import Objective, psnr
+from .sampler import BatchSampler, FrameOrder
+from .schedule import LearningRates
+from .strategy import DensifyStrategy
+
+PathLike = Union[str, os.PathLike]
+log = logging.getLogger(__name__)
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (a non-finite loss, named with its iteration)."""
+
+
+@dataclass
+class Model:
+    """A trained (or partly trained) model folder."""
+
+    path: Path
+    name: str
+    iteration: int  # the newest saved fine-stage iteration (point_cloud/iteration_<k>)
+    config: TrainConfig
+    audio_kind: str
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class _Progress:
+    """Where training stands (saved in checkpoints)."""
+
+    stage: str = "coarse"
+    stage_iteration: int = 0  # iterations done in ``stage``
+    consumed: int = 0  # training samples drawn in ``stage``
+    global_iteration: int = 0
+
+
+def _dataset_path(dataset_or_path: Any) -> Path:
+    path = getattr(dataset_or_path, "path", dataset_or_path)
+    path = Path(path).expanduser()
+    if not path.is_dir():
+        raise FileNotFoundError(f"dataset folder {path} does not exist")
+    return path
+
+
+def _workspace_for(data_path: Path, workspace: PathLike | None) -> Workspace:
+    if workspace is not None:
+        return Workspace.at(workspace)
+    if data_path.parent.name == "data":  # <workspace>/data/<name>
+        return Workspace.at(data_path.parent.parent)
+    return Workspace.at(DEFAULT_WORKSPACE)
+
+
+def _resolve_config(config: Any, model_dir: Path, resuming: bool) -> TrainConfig:
+    saved = model_dir / "config.json"
+    if resuming and saved.is_file():
+        cfg = TrainConfig.from_json(saved)
+        if config is not None:
+            given = config if isinstance(config, TrainConfig) else load_config(config)
+            a, b = given.to_dict(), cfg.to_dict()
+            a.pop("source"), b.pop("source")
+            a["OptimizationParams"].pop("iterations"), b["OptimizationParams"].pop("iterations")
+            if a != b:
+                log.warning("resuming %s with its saved configuration (%s); the configuration given differs "
+                            "and is ignored", model_dir, saved)
+        return cfg
+    if isinstance(config, TrainConfig):
+        return config
+    return load_config(config)
+
+
+class Trainer:
+    """One training run on one dataset into one model folder. ``run()`` trains (or resumes) to the end."""
+
+    def __init__(self, data, config: TrainConfig, model_dir: Path, device: torch.device, progress: bool = True,
+                 assets: PathLike | None = None) -> None:
+        self.data, self.config, self.model_dir = data, config, Path(model_dir)
+        self.device, self.progress, self.assets = device, progress, assets
+        o = config.optimization
+        self.totals = {"coarse": int(o.coarse_iterations), "fine": int(o.iterations)}
+        self.train_split = data.split("train")
+        self.extent = self._camera_extent()
+        self.lrs = LearningRates(config, self.extent)
+        self.objective = Objective(config, device, assets)
+        self.state = _Progress()
+        self.model: GaussianTalkerModel | None = None
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.strategy: DensifyStrategy | None = None
+
+    # ------------------------------------------------------------------ setup
+
+    def _camera_extent(self) -> float:
+        extent = float(self.data.camera_extent)
+        if extent > 1e-6:
+            return extent
+        xyz, _ = self.data.point_cloud()
+        radius = float(1.1 * (xyz - xyz.mean(0)).norm(dim=1).max())
+        log.warning("%s: the training cameras do not move (extent %.3g); using the point cloud's radius %.3g "
+                    "as the scene extent", self.data.path, extent, radius)
+        return radius
+
+    def _fresh(self) -> None:
+        seed = int(self.config.optimization.seed)
+        random.seed(seed)
+        np.random.seed(seed)
+        torch.manual_seed(seed)
+        xyz, rgb = self.data.point_cloud()
+        gen = torch.Generator().manual_seed(seed)
+        self.model = GaussianTalkerModel.from_point_cloud(xyz, rgb, self.config, self.data.audio_dim, gen)
+        self.model.to(self.device).train()
+        self.state = _Progress()
+        self._begin_stage("coarse")
+
+    def _begin_stage(self, stage: str) -> None:
+        if stage == "fine":
+            self.model.start_fine()
+        self.optimizer = self._make_optimizer(stage)
+        self.strategy = DensifyStrategy(self.config, self.extent, stage)
+        self.strategy.reset(self.model.num_points, self.device)
+
+    def _make_optimizer(self, stage: str) -> torch.optim.Optimizer:
+        allowed = set(self.config.optimization.train_l)
+        lrs = self.lrs.at(0)
+        groups = [{"params": params, "lr": lrs[name], "name": name}
+                  for name, params in self.model.parameter_groups(stage).items() if name in allowed]
+        if stage == "fine" and not self.config.hidden.train_tri_plane:
+            groups = [g for g in groups if g["name"] != "grid"]
+        return torch.optim.Adam(groups, lr=0.0, eps=1e-15)
+
+    def _resume(self, path: Path) -> None:
+        ckpt = load_checkpoint(path)
+        p = ckpt["progress"]
+        self.state = _Progress(stage=p["stage"], stage_iteration=int(p["stage_iteration"]),
+                               consumed=int(p["consumed"]), global_iteration=int(p["global_iteration"]))
+        if self.state.stage not in STAGES:
+            raise ValueError(f"{path}: unknown stage {self.state.stage!r}")
+        model = GaussianTalkerModel(self.config, self.data.audio_dim, 1)
+        model.resize_for_state(ckpt["model"])
+        model.load_state_dict(ckpt["model"], strict=True)
+        self.model = model.to(self.device).train()
+        self.optimizer = self._make_optimizer(self.state.stage)
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.strategy = DensifyStrategy(self.config, self.extent, self.state.stage)
+        self.strategy.load_state_dict(ckpt["strategy"], self.device)
+        set_rng_state(ckpt["rng"], self.device)
+        log.info("resuming %s from %s (%s stage, iteration %d)", self.model_dir, path.name, self.state.stage,
+                 self.state.stage_iteration)
+
+    def prepare(self) -> None:
+        """Start fresh, or resume from the newest checkpoint of the model folder."""
+        found = list_checkpoints(self.model_dir)
+        if found:
+            self._resume(self.model_dir / "checkpoints" / f"chkpnt_{found[-1]}.pth")
+        else:
+            self._fresh()
+        info = ModelInfo(audio_kind=self.data.audio_kind, audio_dim=int(self.data.audio_dim),
+                         dataset_path=str(Path(self.data.path).resolve()), width=int(self.data.width),
+                         height=int(self.data.height), focal=float(self.data.focal))
+        save_model_info(self.model_dir, self.config, info)
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def save_checkpoint(self) -> Path:
+        s = self.state
+        payload = {
+            "progress": {"stage": s.stage, "stage_iteration": s.stage_iteration, "consumed": s.consumed,
+                         "global_iteration": s.global_iteration},
+            "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+            "optimizer": _to_cpu(self.optimizer.state_dict()),
+            "scheduler": {"stage": s.stage, "step": s.stage_iteration, "lr": self.lrs.at(s.stage_iteration)},
+            "strategy": self.strategy.state_dict(),
+            "rng": rng_state(self.device),
+            "config": self.config.to_dict(),
+        }
+        return save_checkpoint(self.model_dir, s.global_iteration, payload)
+
+    # ------------------------------------------------------------------ iterations
+
+    def _loader(self, stage: str, batch_size: int):
+        from ..data import collate
+
+        order = FrameOrder(len(self.train_split), self.config.optimization.seed, stage)
+        workers = self.config.optimization.num_workers
+        if workers < 0:
+            workers = 4 if self.device.type == "cuda" else 0
+        loader = torch.utils.data.DataLoader(
+            self.train_split, batch_sampler=BatchSampler(order, batch_size, self.state.consumed),
+            collate_fn=collate, num_workers=workers, pin_memory=self.device.type == "cuda",
+            # A private generator: creating a loader must not draw from the global RNG (resume = same stream).
+            generator=torch.Generator().manual_seed(int(self.config.optimization.seed)))
+        return iter(loader)
+
+    def _batch_size(self, stage: str) -> int:
+        if stage == "coarse":
+            return 1
+        bs, n = int(self.config.optimization.batch_size), len(self.train_split)
+        if bs > n:
+            log.info("batch_size %d > %d training frames: using %d", bs, n, n)
+        return min(bs, n)
+
+    def _iteration(self, stage: str, it: int, batch) -> dict[str, Any]:
+        model, opt = self.model, self.optimizer
+        self.lrs.apply(opt, it)
+        if it % 1000 == 0 and int(model.active_sh_degree) < model.max_sh_degree:
+            model.active_sh_degree += 1
+        batch = batch.to(self.device, non_blocking=True)
+        cond = Conditions(batch.audio, batch.eye, batch.cam).to(self.device) if stage == "fine" else None
+        g = model.deform(stage, cond)
+        finite = torch.stack([torch.isfinite(t).all() for t in (g.means, g.scales, g.rotations, g.opacities, g.shs)])
+        if not bool(finite.all()):
+            raise TrainingError(f"the Gaussians are not finite at {stage} iteration {it} (global iteration "
+                                f"{self.state.global_iteration + 1})")
+        out = render_batch(g, batch.cameras, batch.bg_torso)
+        terms = self.objective(out, batch.target, batch.head_mask, batch.lips_rect.cpu(), model)
+        loss = terms.total
+        if not bool(torch.isfinite(loss)):
+            raise TrainingError(f"the loss is not finite at {stage} iteration {it} (global iteration "
+                                f"{self.state.global_iteration + 1}); parts: "
+                                f"{ {k: float(v) for k, v in terms.parts.items()} }")
+        loss.backward()
+        self.strategy.observe(out.radii, out.means2d.grad if out.means2d is not None else None)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        self.strategy.step(it, model, opt)
+        return {"loss": loss.detach(), "psnr": psnr(out.image.detach().clamp(0, 1), batch.target), "out": out,
+                "batch": batch, "parts": terms.parts}
+
+    def run(self, stop_at: int | None = None) -> Model:
+        """Train to the end (or until global iteration ``stop_at``, then checkpoint and return)."""
+        if self.model is None:
+            self.prepare()
+        every = int(self.config.optimization.checkpoint_every)
+        total = sum(self.totals.values())
+        monitor = Monitor(self.model_dir, self.config, total, self.state.global_iteration, self.progress)
+        try:
+            for stage in STAGES:
+                if STAGES.index(stage) < STAGES.index(self.state.stage):
+                    continue
+                if stage != self.state.stage:
+                    self.state = _Progress(stage=stage, global_iteration=self.state.global_iteration)
+                    self._begin_stage(stage)
+                elif stage == "fine" and not bool(self.model.fine_ready):
+                    self._begin_stage(stage)
+                bs = self._batch_size(stage)
+                batches = None
+                while self.state.stage_iteration < self.totals[stage]:
+                    if stop_at is not None and self.state.global_iteration >= stop_at:
+                        self.save_checkpoint()
+                        return self._handle(None)
+                    if batches is None:
+                        batches = self._loader(stage, bs)
+                    it = self.state.stage_iteration + 1
+                    result = self._iteration(stage, it, next(batches))
+                    self.state.stage_iteration = it
+                    self.state.consumed += bs
+                    self.state.global_iteration += 1
+                    g = self.state.global_iteration
+                    monitor.update(g, stage, self.model.num_points, result)
+                    last = g == total
+                    if (every and g % every == 0) or last:
+                        if stage == "fine":
+                            save_iteration(self.model_dir, it, self.model)
+                        self.save_checkpoint()
+            self._finish_coarse_only()
+        finally:
+            monitor.close()
+        metrics = self.evaluate()
+        return self._handle(metrics)
+
+    def _finish_coarse_only(self) -> None:
+        """A run whose fine stage has 0 iterations still leaves a renderable model (iteration_0)."""
+        if self.totals["fine"] == 0:
+            if not bool(self.model.fine_ready):
+                self.model.start_fine()
+            save_iteration(self.model_dir, 0, self.model)
+
+    def _handle(self, metrics: dict[str, float] | None) -> Model:
+        from ..model.io import list_iterations
+
+        saved = list_iterations(self.model_dir)
+        return Model(path=self.model_dir, name=self.model_dir.name, iteration=saved[-1] if saved else 0,
+                     config=self.config, audio_kind=self.data.audio_kind, metrics=metrics or {})
+
+    # ------------------------------------------------------------------ evaluation
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """PSNR / SSIM (and LPIPS when its weights are present) on the held-out split -> ``metrics.json``."""
+        from ..data import collate
+        from ..losses import ssim
+
+        split = self.data.split("val")
+        if len(split) == 0:
+            log.warning("%s: the val split is empty; no metrics", self.data.path)
+            return {}
+        lpips = _lpips(self.assets, self.device)
+        model = self.model
+        model.eval()
+        bs = max(1, int(self.config.optimization.batch_size))
+        sums = {"psnr": 0.0, "ssim": 0.0, "lpips": 0.0}
+        try:
+            for start in range(0, len(split), bs):
+                batch = collate([split[k] for k in range(start, min(start + bs, len(split)))]).to(self.device)
+                g = model.deform("fine", Conditions(batch.audio, batch.eye, batch.cam).to(self.device))
+                img = render_batch(g, batch.cameras, batch.bg_torso).image.clamp(0, 1)
+                mse = (img - batch.target).square().flatten(1).mean(1).clamp_min(1e-10)
+                sums["psnr"] += float((-10.0 * torch.log10(mse)).sum())
+                sums["ssim"] += float(ssim(img, batch.target, reduction="none").sum())
+                if lpips is not None:
+                    sums["lpips"] += float(lpips(img, batch.target).sum())
+        finally:
+            model.train()
+        n = len(split)
+        metrics = {"psnr": sums["psnr"] / n, "ssim": sums["ssim"] / n, "frames": float(n)}
+        if lpips is not None:
+            metrics["lpips"] = sums["lpips"] / n
+        record = {"split": "val", "iteration": self.totals["fine"], "global_iteration": self.state.global_iteration,
+                  "metrics": metrics, "backends": {**self.objective.backends,
+                                                   "lpips": "on" if lpips is not None else "off"},
+                  "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        text = _json(record)
+        atomic_write(self.model_dir / "metrics.json", lambda tmp: tmp.write_text(text, encoding="utf-8"))
+        return metrics
+
+
+def _lpips(assets, device):
+    """LPIPS (per image ``[B]``) when its weights are in the asset folder, else None (logged once)."""
+    from ..metrics import make_lpips
+
+    return make_lpips("auto", assets, device)
+
+
+def _json(data: Any) -> str:
+    import json
+
+    return json.dumps(data, indent=2) + "\n"
+
+
+def _to_cpu(obj: Any) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_to_cpu(v) for v in obj]
+    return obj
+
+
+class _IsolatedRng:
+    """Restore the caller's python / numpy / torch RNG states after training (training seeds its own)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+
+    def __enter__(self) -> None:
+        self.saved = rng_state(self.device)
+
+    def __exit__(self, *exc: object) -> None:
+        set_rng_state(self.saved, self.device)
+
+
+def train(dataset_or_path: Any, config: Any = None, iterations: int | None = None, device: Any = "auto",
+          workspace: PathLike | None = None, name: str | None = None, progress: bool = True,
+          assets: PathLike | None = None) -> Model:
+    """Train a GaussianTalker model on a preprocessed dataset; resume when the model folder has checkpoints.
+
+    Args:
+        dataset_or_path: a dataset folder (ours or the original's layout) or an object with ``.path``.
+        config: a ``TrainConfig``, a preset name or a config file; None = the saved config when resuming,
+            else the ``64_dim_1_transformer`` preset.
+        iterations: fine-stage iterations (the original's ``--iterations``; the coarse stage keeps
+            ``coarse_iterations``); None = the config's.
+        device: ``auto``, ``CPU``, ``GPU<n>`` or ``cuda:<n>``.
+        workspace: workspace folder; None = the one containing the dataset (``<ws>/data/<name>``), else
+            ``./GaussianTalker``. The model goes to ``<workspace>/output/<name>/``.
+        name: model name; None = the dataset's folder name.
+        progress: show a tqdm bar.
+        assets: folder of optional pretrained files (VGG16 for the perceptual loss, LPIPS).
+    Returns:
+        :class:`Model` with the validation ``metrics`` (PSNR, SSIM[, LPIPS]).
+    Raises:
+        FileNotFoundError: missing dataset or config. ValueError: bad name, device or config.
+        TrainingError: a non-finite loss (named with its iteration).
+    """
+    from ..data import TalkingHeadData
+
+    dev = resolve_device(device)
+    data_path = _dataset_path(dataset_or_path)
+    ws = _workspace_for(data_path, workspace)
+    model_name = validate_name(name) if name is not None else validate_name(data_path.name)
+    model_dir = ws.model_dir(model_name)
+    resuming = bool(list_checkpoints(model_dir))
+    cfg = _resolve_config(config, model_dir, resuming)
+    if iterations is not None:
+        if int(iterations) < 0:
+            raise ValueError(f"iterations must not be negative, got {iterations}")
+        cfg = cfg.replace(iterations=int(iterations))
+    m = cfg.model
+    data = TalkingHeadData.open(data_path, resolution=None if m.resolution == -1 else m.resolution,
+                                cache_mb=m.cache_mb)
+    model_dir.mkdir(parents=True, exist_ok=True)
+    with _IsolatedRng(dev):
+        trainer = Trainer(data, cfg, model_dir, dev, progress=progress, assets=assets)
+        return trainer.run()
+
+
+__all__ = ["Model", "Trainer", "TrainingError", "train"]

@@ -1,0 +1,201 @@
+"""The model: identity at initialisation, stage switch, batching, tri-plane cache, save/load."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from gaussiantalker.camera import cameras_from_transforms
+from gaussiantalker.config import load_config
+from gaussiantalker.model import (
+    Conditions,
+    GaussianTalkerModel,
+    IterationNotFoundError,
+    ModelNotFoundError,
+    list_iterations,
+    load_model,
+)
+from gaussiantalker.model.io import ModelInfo, save_iteration, save_model_info
+from gaussiantalker.render.rasterize import render_batch
+
+SIZE = 32
+
+
+def tiny_config(**overrides):
+    base = {"kplanes_config": {"output_coordinate_dim": 8, "resolution": [8, 8, 8]}, "d_model": 16, "net_width": 16,
+                "ffn_hidden": 32, "tensorboard": False}
+    base.update(overrides)
+    return load_config("64_dim_1_transformer", **base)
+
+
+def sphere(n=300, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    p = torch.randn(n, 3, generator=g)
+    return 0.08 * p / p.norm(dim=1, keepdim=True), torch.rand(n, 3, generator=g)
+
+
+def make_model(audio_dim=26, **overrides):
+    torch.manual_seed(0)
+    xyz, rgb = sphere()
+    return GaussianTalkerModel.from_point_cloud(xyz, rgb, tiny_config(**overrides), audio_dim)
+
+
+def cameras(b):
+    c2w = torch.eye(4).repeat(b, 1, 1)
+    c2w[:, 2, 3] = torch.linspace(0.45, 0.55, b)  # OpenGL camera on +z looking at the head
+    c2w[:, 0, 3] = torch.linspace(-0.02, 0.02, b)
+    return cameras_from_transforms(c2w, 70.0, SIZE, SIZE)
+
+
+def conditions(b, dim=26, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return Conditions(torch.randn(b, 8, 16, dim, generator=g), torch.rand(b, 1, generator=g),
+                      torch.randn(b, 12, generator=g))
+
+
+def coarse_step(model, steps=3):
+    """A few real coarse optimisation steps, so the tri-plane prediction is not the initial one."""
+    opt = torch.optim.Adam([p for group in model.parameter_groups("coarse").values() for p in group], lr=1e-2)
+    bg = torch.rand(1, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(3))
+    for _ in range(steps):
+        out = render_batch(model.deform("coarse"), cameras(1), bg)
+        (out.image - 0.3).abs().mean().backward()
+        opt.step()
+        opt.zero_grad()
+
+
+def test_initialisation_from_the_point_cloud():
+    model = make_model()
+    xyz, rgb = sphere()
+    assert torch.equal(model.xyz.detach(), xyz)
+    assert torch.allclose(model.features_dc[:, 0].detach() * 0.28209479177387814 + 0.5, rgb, atol=1e-6)
+    assert torch.all(model.features_rest == 0)
+    assert torch.allclose(torch.sigmoid(model.opacity), torch.full_like(model.opacity, 0.1))
+    assert torch.all(model.rotation[:, 0] == 1) and torch.all(model.rotation[:, 1:] == 0)
+    assert torch.all(model.scaling[:, 0] == model.scaling[:, 1])
+    # scale = sqrt(mean squared distance to the 3 nearest neighbours)
+    d2 = torch.cdist(xyz, xyz).fill_diagonal_(math.inf).square().topk(3, largest=False).values.mean(1)
+    assert torch.allclose(torch.exp(model.scaling[:, 0]).detach(), d2.sqrt(), rtol=1e-4)
+    assert torch.allclose(model.triplane.aabb, torch.stack([xyz.min(0).values, xyz.max(0).values]))
+
+
+def test_max_points_subsamples_reproducibly():
+    xyz, rgb = sphere(500)
+    cfg = tiny_config(max_points=120)
+    a = GaussianTalkerModel.from_point_cloud(xyz, rgb, cfg, 26, torch.Generator().manual_seed(5))
+    b = GaussianTalkerModel.from_point_cloud(xyz, rgb, cfg, 26, torch.Generator().manual_seed(5))
+    assert a.num_points == 120 and torch.equal(a.xyz, b.xyz)
+
+
+def test_untrained_deformation_is_the_identity_and_first_fine_render_equals_coarse():
+    model = make_model()
+    coarse_step(model)
+    cams, bg = cameras(3), torch.rand(3, 3, SIZE, SIZE)
+    with torch.no_grad():
+        coarse = model.deform("coarse", conditions(3))
+        coarse_img = render_batch(coarse, cams, bg).image
+    model.start_fine()
+    for mode in (True, False):  # dropout on or off: the zero heads make it irrelevant
+        model.train(mode)
+        with torch.no_grad():
+            fine = model.deform("fine", conditions(3))
+            fine_img = render_batch(fine, cams, bg).image
+        for name in ("means", "scales", "rotations", "opacities", "shs"):
+            assert torch.allclose(getattr(fine, name), getattr(coarse, name).expand_as(getattr(fine, name)),
+                                  atol=1e-6, rtol=1e-6), name
+        assert torch.allclose(fine_img, coarse_img, atol=1e-6)
+    assert fine.attention.shape == (3, 1, model.num_points, 4)
+    assert torch.allclose(fine.attention.sum(-1), torch.ones(3, 1, model.num_points))
+
+
+def test_fine_stage_needs_start_fine_and_conditions():
+    model = make_model()
+    with pytest.raises(ValueError, match="start_fine"):
+        model.deform("fine", conditions(1))
+    model.start_fine()
+    with pytest.raises(ValueError, match="Conditions"):
+        model.deform("fine", None)
+    with pytest.raises(ValueError, match="dimension"):
+        model.deform("fine", conditions(1, dim=29))
+    with pytest.raises(ValueError, match="stage"):
+        model.deform("medium", conditions(1))
+    with pytest.raises(ValueError, match="audio"):
+        Conditions(torch.zeros(2, 8, 15, 26), torch.zeros(2, 1), torch.zeros(2, 12))
+
+
+def _perturb_heads(model):
+    with torch.no_grad():
+        g = torch.Generator().manual_seed(7)
+        for p in model.offset_heads.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=g))
+
+
+def test_batched_deformation_equals_single_frames_and_conditions_matter():
+    model = make_model()
+    model.start_fine()
+    _perturb_heads(model)
+    model.eval()
+    cond = conditions(3)
+    with torch.no_grad():
+        batch = model.deform("fine", cond)
+        for i in range(3):
+            one = model.deform("fine", Conditions(cond.audio[i:i + 1], cond.eye[i:i + 1], cond.cam[i:i + 1]))
+            assert torch.allclose(one.means[0], batch.means[i], atol=1e-6)
+            assert torch.allclose(one.shs[0], batch.shs[i], atol=1e-6)
+    assert not torch.allclose(batch.means[0], batch.means[1])  # different audio -> different offsets
+
+
+def test_triplane_feature_is_cached_in_eval_mode_only():
+    model = make_model()
+    model.eval()
+    with torch.no_grad():
+        a = model.triplane_features()
+        assert model.triplane_features() is a
+        model.xyz.add_(0.001)  # a parameter edit invalidates the cache
+        b = model.triplane_features()
+        assert b is not a and not torch.equal(a, b)
+    model.train()
+    assert model.triplane_features() is not model.triplane_features()
+
+
+def test_gradients_reach_every_fine_stage_group():
+    model = make_model()
+    model.start_fine()
+    model.active_sh_degree.fill_(3)  # else the higher SH coefficients are (rightly) unused
+    _perturb_heads(model)
+    out = render_batch(model.deform("fine", conditions(2)), cameras(2), torch.rand(2, 3, SIZE, SIZE))
+    (out.image.mean() + out.alpha.mean()).backward()
+    for name, params in model.parameter_groups("fine").items():
+        assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in params), name
+    assert out.means2d.grad is not None and out.means2d.grad[..., :2].abs().sum() > 0
+
+
+def test_save_and_load_round_trip(tmp_path):
+    model = make_model()
+    coarse_step(model)
+    model.start_fine()
+    _perturb_heads(model)
+    cfg = tiny_config()
+    with pytest.raises(ModelNotFoundError):
+        list_iterations(tmp_path / "missing")
+    save_model_info(tmp_path, cfg, ModelInfo("mfcc", 26, str(tmp_path / "data"), SIZE, SIZE, 70.0))
+    with pytest.raises(ModelNotFoundError, match="no trained iteration"):
+        load_model(tmp_path)
+    save_iteration(tmp_path, 5, model)
+    save_iteration(tmp_path, 10, model)
+    assert list_iterations(tmp_path) == [5, 10]
+    with pytest.raises(IterationNotFoundError, match="5, 10"):
+        load_model(tmp_path, iteration=7)
+    loaded = load_model(tmp_path, iteration=5)
+    assert (loaded.iteration, loaded.audio_kind, loaded.audio_dim, loaded.width) == (5, "mfcc", 26, SIZE)
+    assert not loaded.model.training
+    torch.load(tmp_path / "point_cloud" / "iteration_5" / "deformation.pth", weights_only=True)
+    model.eval()
+    cond, cams, bg = conditions(2), cameras(2), torch.rand(2, 3, SIZE, SIZE)
+    with torch.no_grad():
+        a = render_batch(model.deform("fine", cond), cams, bg).image
+        b = render_batch(loaded.model.deform("fine", cond), cams, bg).image
+    assert torch.allclose(a, b, atol=1e-6)
+    assert load_model(tmp_path).iteration == 10

@@ -1,0 +1,191 @@
+"""The trainer on tiny synthetic datasets: both stages, checkpoints, resume, densification, legacy data."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from gaussiantalker.config import load_config
+from gaussiantalker.data import TalkingHeadData
+from gaussiantalker.model import list_iterations, load_model
+from gaussiantalker.synthetic import make_synthetic_dataset
+from gaussiantalker.train import Trainer, TrainingError, train
+from gaussiantalker.train.checkpoint import list_checkpoints
+
+TINY = {"kplanes_config": {"output_coordinate_dim": 8, "resolution": [8, 8, 8]}, "d_model": 16, "net_width": 16,
+            "ffn_hidden": 32, "max_points": 150, "tensorboard": False, "batch_size": 2}
+
+
+def tiny(preset="64_dim_1_transformer", **overrides):
+    return load_config(preset, **{**TINY, **overrides})
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Train on one thread: the CPU rasterizer's backward adds per-thread partial gradients of tiles that are
+    handed out dynamically, so with several threads the float rounding varies from run to run and an
+    interrupted run cannot be compared bit for bit (one thread is also faster on a shared 2-core machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ws")
+    return make_synthetic_dataset(root / "data" / "synth", num_frames=24, size=32, num_points=300)
+
+
+def _states_equal(a: dict, b: dict, path="") -> None:
+    assert a.keys() == b.keys(), path
+    for k, x in a.items():
+        y = b[k]
+        if isinstance(x, dict):
+            _states_equal(x, y, f"{path}.{k}")
+        elif isinstance(x, torch.Tensor):
+            assert x.shape == y.shape and torch.allclose(x.double(), y.double(), rtol=0, atol=0), f"{path}.{k}"
+        elif isinstance(x, (list, tuple)):
+            assert len(x) == len(y), f"{path}.{k}"
+            for i, (u, v) in enumerate(zip(x, y)):
+                _states_equal({i: u}, {i: v}, f"{path}.{k}")
+        else:
+            assert x == y, f"{path}.{k}"
+
+
+@pytest.mark.parametrize("preset", ["64_dim_1_transformer", "64_dim_2_transformer", "cpu_small"])
+def test_every_config_trains_both_stages(preset, dataset, tmp_path):
+    # The preset's own network sizes (only the image, point count and stage lengths are shrunk).
+    cfg = load_config(preset, coarse_iterations=1, iterations=1, batch_size=2, max_points=150, resolution=-1,
+                      tensorboard=False)
+    model = train(dataset, config=cfg, device="CPU", workspace=tmp_path, progress=False)
+    assert model.path == tmp_path / "output" / "synth" and model.iteration == 1
+    assert model.audio_kind == "mfcc"
+    assert list_checkpoints(model.path) == [2]
+    ckpt = torch.load(model.path / "checkpoints" / "chkpnt_2.pth", weights_only=True)
+    assert ckpt["progress"]["stage"] == "fine" and ckpt["progress"]["global_iteration"] == 2
+    assert {"model", "optimizer", "scheduler", "strategy", "rng", "config"} <= set(ckpt)
+    metrics = json.loads((model.path / "metrics.json").read_text())["metrics"]
+    assert metrics["psnr"] > 5 and 0 < metrics["ssim"] <= 1 and metrics == pytest.approx(model.metrics)
+    saved = json.loads((model.path / "config.json").read_text())
+    assert saved["ModelHiddenParams"]["n_layer"] == cfg.hidden.n_layer
+    loaded = load_model(model.path)
+    assert loaded.audio_dim == 26 and loaded.width == 32 and loaded.model.num_points >= 1
+
+
+def test_resume_equals_an_uninterrupted_run(dataset, tmp_path):
+    # Densification and pruning active in the coarse stage, dropout in the fine stage: the strategy state,
+    # the optimizer state, the data order and the RNG streams all have to survive the interruption.
+    cfg = tiny(coarse_iterations=8, iterations=12, checkpoint_every=5, densify_from_iter=1,
+               densification_interval=3, pruning_from_iter=1, pruning_interval=3,
+               densify_grad_threshold_coarse=1e-7, opacity_threshold_coarse=0.3)
+    data = TalkingHeadData.open(dataset)
+    straight = Trainer(data, cfg, tmp_path / "straight", torch.device("cpu"), progress=False)
+    straight.run()
+    first = Trainer(data, cfg, tmp_path / "resumed", torch.device("cpu"), progress=False)
+    first.run(stop_at=10)
+    assert list_checkpoints(tmp_path / "resumed") == [5, 10]
+    second = Trainer(data, cfg, tmp_path / "resumed", torch.device("cpu"), progress=False)
+    second.run()
+    a = torch.load(tmp_path / "straight" / "checkpoints" / "chkpnt_20.pth", weights_only=True)
+    b = torch.load(tmp_path / "resumed" / "checkpoints" / "chkpnt_20.pth", weights_only=True)
+    for key in ("progress", "model", "optimizer", "strategy", "rng"):
+        _states_equal(a[key], b[key], key)
+
+
+def _check_optimizer_matches(trainer: Trainer) -> None:
+    model, opt = trainer.model, trainer.optimizer
+    owned = {id(p) for g in opt.param_groups for p in g["params"]}
+    for name, param in model.gaussian_parameters().items():
+        if id(param) not in owned:
+            continue
+        state = opt.state.get(param, {})
+        for key in ("exp_avg", "exp_avg_sq"):
+            if key in state:
+                assert state[key].shape == param.shape, (name, key)
+    for group in opt.param_groups:
+        for p in group["params"]:
+            assert any(p is q for q in model.parameters()), group["name"]
+    n = model.num_points
+    assert trainer.strategy.grad_accum.shape == (n,) and trainer.strategy.max_radii.shape == (n,)
+
+
+def test_densify_and_prune_keep_the_optimizer_consistent_in_both_stages(dataset, tmp_path):
+    cfg = tiny(coarse_iterations=6, iterations=6, checkpoint_every=0, split_gs_in_fine_stage=True,
+               densify_from_iter=1, densification_interval=2, pruning_from_iter=1, pruning_interval=2,
+               densify_grad_threshold_coarse=1e-8, densify_grad_threshold_fine_init=1e-8,
+               opacity_threshold_coarse=0.3, opacity_threshold_fine_init=0.2, percent_dense=0.05)
+    trainer = Trainer(TalkingHeadData.open(dataset), cfg, tmp_path / "m", torch.device("cpu"), progress=False)
+    counts = {"coarse": set(), "fine": set()}
+    for step in range(1, 13):
+        trainer.run(stop_at=step)
+        _check_optimizer_matches(trainer)
+        counts[trainer.state.stage].add(trainer.model.num_points)
+    assert len(counts["coarse"]) > 1 and len(counts["fine"]) > 1  # the point count changed in both stages
+
+
+def test_nan_is_an_error_naming_the_iteration_not_a_restart(dataset, tmp_path):
+    trainer = Trainer(TalkingHeadData.open(dataset), tiny(coarse_iterations=3, iterations=0), tmp_path / "m",
+                      torch.device("cpu"), progress=False)
+    trainer.prepare()
+    with torch.no_grad():
+        trainer.model.xyz[:] = float("nan")
+    with pytest.raises(TrainingError, match="coarse iteration 1"):
+        trainer.run()
+
+
+def test_a_legacy_dataset_trains(tmp_path):
+    legacy = make_synthetic_dataset(tmp_path / "data" / "old", num_frames=24, size=32, num_points=200, legacy=True)
+    model = train(legacy, config=tiny(coarse_iterations=1, iterations=1), device="cpu", progress=False)
+    assert model.path == tmp_path / "output" / "old"
+    assert model.audio_kind == "deepspeech" and load_model(model.path).audio_dim == 29
+    assert list_iterations(model.path) == [1]
+
+
+def test_training_again_resumes_and_extends(dataset, tmp_path):
+    cfg = tiny(coarse_iterations=2, iterations=1, checkpoint_every=0)
+    first = train(dataset, config=cfg, device="cpu", workspace=tmp_path, name="again", progress=False)
+    assert list_checkpoints(first.path) == [3]
+    more = train(dataset, config=None, iterations=3, device="cpu", workspace=tmp_path, name="again", progress=False)
+    assert list_checkpoints(more.path) == [3, 5] and more.iteration == 3
+    assert more.config.optimization.iterations == 3 and more.config.hidden.d_model == 16  # the saved config
+
+
+def test_tensorboard_scalars_and_previews_without_tensorflow(dataset, tmp_path):
+    import sys
+
+    pytest.importorskip("tensorboard")
+    had_tf = "tensorflow" in sys.modules
+    cfg = tiny(coarse_iterations=2, iterations=2, tensorboard=True, log_every=1, preview_every=2)
+    model = train(dataset, config=cfg, device="cpu", workspace=tmp_path, progress=False)
+    events = list((model.path / "tensorboard").glob("events.out.tfevents.*"))
+    assert events and events[0].stat().st_size > 200
+    assert had_tf or "tensorflow" not in sys.modules  # tensorboard must not pull TensorFlow in
+
+
+def test_coarse_pruning_reads_the_rendered_triplane_opacity():
+    from gaussiantalker.model import GaussianTalkerModel
+    from gaussiantalker.train.strategy import DensifyStrategy
+
+    g = torch.Generator().manual_seed(0)
+    xyz = torch.randn(200, 3, generator=g) * 0.05
+    cfg = tiny(pruning_from_iter=0, pruning_interval=1, densify_from_iter=10**6)
+    model = GaussianTalkerModel.from_point_cloud(xyz, None, cfg, 26)
+    with torch.no_grad():  # a stale free opacity that would keep everything
+        model.opacity.fill_(5.0)
+        model.canonical_heads["opacity"][-1].weight.normal_(0.0, 1.0, generator=g)
+    opt = torch.optim.Adam([{"params": [model.xyz], "name": "xyz", "lr": 1e-3}])
+    model.xyz.grad = torch.ones_like(model.xyz)
+    opt.step()  # gives xyz an Adam state to edit
+    before = model.xyz.detach().clone()
+    predicted = torch.sigmoid(model.canonical_attributes()["opacity"]).squeeze(-1).detach()
+    threshold = float(predicted.median())
+    cfg = cfg.replace(opacity_threshold_coarse=threshold)
+    strategy = DensifyStrategy(cfg, 1.0, "coarse")
+    strategy.reset(model.num_points, "cpu")
+    assert strategy.step(1, model, opt)
+    assert 0 < model.num_points < before.shape[0]
+    assert torch.equal(model.xyz.detach(), before[predicted >= threshold])
+    assert opt.state[model.xyz]["exp_avg"].shape == model.xyz.shape
