@@ -1,0 +1,277 @@
+"""Inference: render / load / Talker.stream on a tiny model, memory-aware batching, bad inputs."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from _infer_helpers import audio_model, model_folder, synthetic, trained_model
+
+from gaussiantalker.audio import frame_count, load_audio, write_wav
+from gaussiantalker.infer import FeatureKindUnavailableError, is_out_of_memory, load, render, run_batches
+from gaussiantalker.media import MediaError, probe
+from gaussiantalker.model.io import IterationNotFoundError, ModelNotFoundError, list_iterations
+from gaussiantalker.render.poses import PoseSchedule
+from gaussiantalker.render.video import read_frames, write_video
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return trained_model(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def talker(model_dir):
+    return load(model_dir, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def audio_talker(tmp_path_factory):
+    """A model whose pixels follow the audio clearly (random deformation heads): equality tests on it can fail."""
+    talker = load(audio_model(tmp_path_factory), device="cpu")
+    samples = _dataset_audio(talker)[:8000]
+    a = np.stack(list(talker.frames(samples, pose="static"))).astype(int)
+    b = np.stack(list(talker.frames(samples[::-1].copy(), pose="static"))).astype(int)
+    assert np.abs(a - b).max() > 20  # other audio, other pixels
+    return talker
+
+
+def _dataset_audio(talker) -> np.ndarray:
+    return load_audio(talker.data.path / "aud.wav")
+
+
+# --------------------------------------------------------------------------------------------------
+# memory-aware batching (a stand-in function; no model needed)
+
+
+def _stand_in(limit: int, calls: list, exc_factory):
+    def fn(start: int, stop: int):
+        calls.append((start, stop))
+        if stop - start > limit:
+            raise exc_factory(stop - start)
+        return torch.arange(start, stop) * 10
+
+    return fn
+
+
+@pytest.mark.parametrize("make_exc", [
+    lambda b: torch.cuda.OutOfMemoryError(f"CUDA out of memory. Tried to allocate {b} GiB"),
+    lambda b: RuntimeError(f"[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory: {b}"),
+    lambda b: MemoryError(),
+])
+def test_run_batches_splits_on_out_of_memory(make_exc):
+    calls = []
+    out = list(run_batches(_stand_in(3, calls, make_exc), 23, 16))
+    assert torch.equal(torch.cat([r for _, _, r in out]), torch.arange(23) * 10)
+    assert [(a, b) for a, b, _ in out] == [(0, 2), (2, 4)] + [(a, min(23, a + 2)) for a in range(4, 23, 2)]
+    assert calls[:3] == [(0, 16), (0, 8), (0, 4)]  # halved until it fits, then kept at that size
+
+
+def test_run_batches_reraises_other_errors_and_single_frames():
+    with pytest.raises(ValueError, match="boom"):
+        list(run_batches(lambda a, b: (_ for _ in ()).throw(ValueError("boom")), 5, 4))
+    with pytest.raises(RuntimeError, match="out of memory"):
+        list(run_batches(_stand_in(0, [], lambda b: RuntimeError("CUDA out of memory")), 5, 4))
+    assert is_out_of_memory(RuntimeError("CUDA error: out of memory"))
+    assert not is_out_of_memory(RuntimeError("shape mismatch"))
+    with pytest.raises(ValueError, match="batch_size"):
+        list(run_batches(lambda a, b: None, 5, 0))
+
+
+# --------------------------------------------------------------------------------------------------
+# rendering
+
+
+def test_render_writes_mp4_with_audio(model_dir, tmp_path):
+    wav = tmp_path / "speech.wav"
+    dataset = json.loads((model_dir / "model.json").read_text())["dataset_path"]
+    shutil.copyfile(f"{dataset}/aud.wav", wav)
+    result = render(model_dir, wav, device="cpu", progress=False, batch_size=16)
+    assert result.path == model_dir / "renders" / "output.mp4"
+    k = list_iterations(model_dir)[-1]
+    assert result.copies == (model_dir / "custom" / f"ours_{k}" / "renders" / "output.mp4",)
+    seconds = load_audio(wav).shape[0] / 16000
+    assert result.frames == frame_count(seconds, 25.0)
+    for path in (result.path, *result.copies):
+        info = probe(path)
+        assert len(info.video_streams) == 1 and len(info.audio_streams) == 1
+        assert info.video.codec == "h264" and info.audio.codec == "aac" and info.video.fps == pytest.approx(25)
+        assert info.duration == pytest.approx(seconds, abs=0.08)
+    assert read_frames(result.path).shape[0] == result.frames
+    assert not [p for p in result.path.parent.iterdir() if p.name.startswith(".")]  # no temporaries left
+
+
+def test_audio_longer_than_the_tracked_sequence(talker, tmp_path):
+    """3x the whole tracked sequence (far more than 3x the held-out split): ping-pong continues the poses."""
+    samples = np.tile(_dataset_audio(talker), 3)
+    wav = tmp_path / "long.wav"
+    write_wav(wav, samples)
+    out = tmp_path / "long.mp4"
+    result = talker.render(wav, out=out, progress=False)
+    assert result.path == out and result.copies == ()
+    assert result.frames == frame_count(samples.shape[0] / 16000, 25.0) > 3 * talker.length - 2
+    frames = read_frames(out)
+    assert frames.shape[0] == result.frames
+    # The pose and torso keep following the tracked sequence: past the first pass the frames change from
+    # one frame to the next about as much as in the first pass (no frozen video, no jumps).
+    motion = np.abs(np.diff(frames.astype(np.int16), axis=0)).mean(axis=(1, 2, 3))  # [frames - 1]
+    first, later = motion[: talker.length - 6].mean(), motion[talker.length + 6:]
+    assert later.mean() > 0.3 * first
+    assert later.max() < 4 * motion[: talker.length - 6].max() + 1
+
+
+def test_static_pose_holds_the_first_frame(talker, tmp_path):
+    samples = _dataset_audio(talker)[: 16000]
+    frames = np.stack(list(talker.frames(samples, pose="static")))
+    assert frames.shape == (25, talker.height, talker.width, 3)
+    u = PoseSchedule(talker.length, "static").positions(np.arange(25))
+    assert np.all(u == 0)
+
+
+def test_every_shared_audio_file_renders(talker, shared_data, tmp_path):
+    files = sorted((shared_data / "audio").glob("*"))
+    if not files:
+        pytest.skip(f"no files in {shared_data / 'audio'}")
+    for f in files:
+        out = tmp_path / f"{f.stem}.mp4"
+        result = talker.render(f, out=out, progress=False)
+        seconds = load_audio(f).shape[0] / 16000
+        assert result.frames == frame_count(seconds, 25.0), f
+        info = probe(out)
+        assert len(info.video_streams) == 1 and len(info.audio_streams) == 1, f
+        assert info.duration == pytest.approx(seconds, abs=0.08), f
+
+
+def test_batch_size_does_not_change_pixels(audio_talker):
+    talker = audio_talker
+    samples = _dataset_audio(talker)[: 16000]  # 25 frames
+    windows = torch.from_numpy(talker.features(samples))
+    schedule = PoseSchedule(talker.length)
+    frames = np.arange(25)
+    one = torch.cat([talker.render_frames(windows, frames[i:i + 1], schedule) for i in range(25)])
+    seven = torch.cat([talker.render_frames(windows, frames[i:i + 7], schedule) for i in range(0, 25, 7)])
+    assert (one - seven).abs().max().item() == 0.0
+    a = np.stack(list(talker.frames(samples, batch_size=1)))
+    b = np.stack(list(talker.frames(samples, batch_size=7)))
+    assert np.array_equal(a, b)
+
+
+def test_stream_equals_offline(audio_talker):
+    talker = audio_talker
+    samples = _dataset_audio(talker)
+    offline = np.stack(list(talker.frames(samples, batch_size=8)))
+    rng = np.random.default_rng(0)
+    cuts = np.sort(rng.choice(np.arange(1, samples.shape[0]), 40, replace=False))
+    chunks = np.split(samples, cuts)  # irregular chunk sizes, some tiny
+    got = []
+    stream = talker.stream(iter(chunks), batch_size=5)
+    for frame in stream:
+        got.append(frame)
+    streamed = np.stack(got)
+    assert streamed.shape == offline.shape
+    assert np.array_equal(streamed, offline)
+    # Frames come while audio arrives, not only at the end: feed 20 ms chunks of 1 s of audio and count
+    # the frames out before the last chunk went in.
+    short = samples[:16000]
+    twenty = np.array_split(short, short.shape[0] // 320)
+    got2, counts = [], []
+
+    def chunks_counted():
+        for c in twenty:
+            counts.append(len(got2))
+            yield c
+
+    for frame in talker.stream(chunks_counted()):
+        got2.append(frame)
+    assert counts[-1] >= 25 - 8  # all but the frames whose windows reach past the end of the audio
+    assert np.array_equal(np.stack(got2), np.stack(list(talker.frames(short))))
+    with pytest.raises(ValueError, match="16 kHz"):
+        next(talker.stream(iter(chunks), sample_rate=48000))
+
+
+# --------------------------------------------------------------------------------------------------
+# paste-back
+
+
+def test_paste_back_full_frame(model_dir, tmp_path):
+    from gaussiantalker.data import TalkingHeadData
+
+    src_data = TalkingHeadData.open(json.loads((model_dir / "model.json").read_text())["dataset_path"])
+    dataset = tmp_path / "data" / "cropped"
+    shutil.copytree(src_data.path, dataset)
+    size, (sw, sh), (x, y) = src_data.width, (src_data.width + 30, src_data.height + 20), (18, 6)
+    import cv2
+
+    def source_frames():
+        for i in range(src_data.num_frames):
+            frame = np.full((sh, sw, 3), 30, np.uint8)
+            frame[y:y + size, x:x + size] = cv2.imread(str(dataset / "ori_imgs" / f"{i}.jpg"))[..., ::-1]
+            yield frame
+
+    video = write_video(tmp_path / "source.mp4", source_frames(), sw, sh).path
+    meta = json.loads((dataset / "meta.json").read_text())
+    meta["crop"] = {"x": x, "y": y, "size": size, "source_width": sw, "source_height": sh}
+    meta["source"]["path"] = str(video)
+    (dataset / "meta.json").write_text(json.dumps(meta))
+    model = model_folder(dataset, tmp_path / "output" / "cropped")
+    talker = load(model, device="cpu")
+    samples = _dataset_audio(talker)[: 24000]
+    result = talker.render(samples, out=tmp_path / "out.mp4", progress=False, paste_back=True)
+    assert result.full_frame == tmp_path / "out_full.mp4"
+    info = probe(result.full_frame)
+    assert (info.video.width, info.video.height) == (sw, sh) and info.audio is not None
+    full, crop = read_frames(result.full_frame), read_frames(result.path)
+    assert full.shape[0] == crop.shape[0] == result.frames
+    assert np.abs(full[:, :, :x - 2].astype(int) - 30).mean() < 3  # outside: the source frame
+    inner = full[:, y + 8:y + size - 8, x + 8:x + size - 8].astype(int)
+    assert np.abs(inner - crop[:, 8:size - 8, 8:size - 8].astype(int)).mean() < 4  # inside: the render
+    video.unlink()
+    with pytest.raises(FileNotFoundError, match="source video"):
+        talker.render(samples, out=tmp_path / "again.mp4", progress=False, paste_back=True)
+    with pytest.raises(ValueError, match="not cropped"):
+        load(model_dir, device="cpu").render(samples, out=tmp_path / "x.mp4", paste_back=True)
+
+
+# --------------------------------------------------------------------------------------------------
+# bad inputs
+
+
+def test_model_by_name_in_a_workspace(model_dir):
+    talker = load(model_dir.name, workspace=model_dir.parent.parent, device="cpu")
+    assert talker.model_dir == model_dir
+    with pytest.raises(ModelNotFoundError):
+        load("no_such_model", workspace=model_dir.parent.parent, device="cpu")
+
+
+def test_missing_model_folder(tmp_path):
+    with pytest.raises(ModelNotFoundError, match="does not exist"):
+        render(tmp_path / "nope", tmp_path / "a.wav", device="cpu")
+
+
+def test_iteration_that_does_not_exist_lists_the_saved_ones(model_dir, tmp_path):
+    saved = list_iterations(model_dir)
+    with pytest.raises(IterationNotFoundError) as err:
+        render(model_dir, tmp_path / "a.wav", iteration=987654, device="cpu")
+    assert "987654" in str(err.value) and all(str(k) in str(err.value) for k in saved)
+
+
+def test_audio_file_without_audio_stream(talker, tmp_path):
+    silent = write_video(tmp_path / "silent.mp4", [np.zeros((16, 16, 3), np.uint8)] * 5, 16, 16).path
+    with pytest.raises(MediaError, match="no audio stream"):
+        talker.render(silent, out=tmp_path / "o.mp4", progress=False)
+    with pytest.raises(FileNotFoundError):
+        talker.render(tmp_path / "missing.wav", out=tmp_path / "o.mp4", progress=False)
+    assert not (tmp_path / "o.mp4").exists()
+
+
+def test_model_trained_on_another_feature_kind(tmp_path, monkeypatch):
+    """A model on (stand-in) DeepSpeech features where the DeepSpeech graph is absent: one clear error."""
+    monkeypatch.setenv("GAUSSIANTALKER_HOME", str(tmp_path / "empty_assets"))
+    dataset = synthetic(tmp_path, "legacy", legacy=True, num_points=200)
+    model = model_folder(dataset, tmp_path / "output" / "legacy")
+    assert json.loads((model / "model.json").read_text())["audio_kind"] == "deepspeech"
+    with pytest.raises(FeatureKindUnavailableError, match="deepspeech"):
+        render(model, tmp_path / "a.wav", device="cpu")
