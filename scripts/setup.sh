@@ -4,12 +4,12 @@
 # transformers extras, and the test tools. Idempotent: a second run only checks.
 #
 # Environment: PYTHON (interpreter for the venv, default python3), GT_VENV (default ./.venv),
-# GT_BUILD_CUDA=0|1 and TORCH_CUDA_ARCH_LIST (see setup.py), GT_EXTRAS (default "test,deepspeech,hubert").
+# GT_BUILD_CUDA=0|1 and TORCH_CUDA_ARCH_LIST (see setup.py), GT_EXTRAS (default "test,demo,deepspeech,hubert").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 VENV=${GT_VENV:-.venv}
-EXTRAS=${GT_EXTRAS:-test,deepspeech,hubert}
+EXTRAS=${GT_EXTRAS:-test,demo,deepspeech,hubert}
 say() { printf '[setup] %s\n' "$*" >&2; }
 
 if [ ! -x "$VENV/bin/python" ]; then

@@ -1,0 +1,627 @@
+"""The ``gaussiantalker`` command line: the old ``run_gaussiantalker.sh`` interface, word for word.
+
+```
+gaussiantalker train --video_path VIDEO [--gpu GPU0|GPU1|...|CPU] [--iterations 10000]
+                     [--config configs/64_dim_1_transformer.py] [--au_csv AU.csv]
+gaussiantalker infer --model_dir NAME --audio_path AUDIO [--gpu GPU0] [--batch_size 128] [--iteration 10000]
+gaussiantalker preprocess | evaluate | assets | demo
+```
+
+This module only parses arguments, checks what is cheap to check, and calls :mod:`gaussiantalker.api`
+(or, for ``--dry-run`` / ``TEST_MODE=1``, prints every step with the paths it would read and write). Exit codes:
+0 success, 1 failure, 2 usage error (bad option, bad name, unknown device spelling or config preset),
+130 interrupted. Errors are one line on stderr (``gaussiantalker: error: ...``); ``--verbose`` adds the
+traceback. Every command is documented in ``docs/cli.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import re
+import sys
+import traceback
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Callable, Dict, List, Optional
+
+from . import __version__
+from .workspace import InvalidNameError, Workspace, name_from_path, validate_name
+
+PROG = "gaussiantalker"
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+TEST_MODE_VAR = "TEST_MODE"
+DEFAULT_WORKSPACE = "./GaussianTalker"
+_DEVICE = re.compile(r"^(auto|cpu|gpu\d+|cuda(:\d+)?)$", re.IGNORECASE)
+
+
+class UsageError(ValueError):
+    """The command line is wrong (exit code 2)."""
+
+
+# --------------------------------------------------------------------------------------------------
+# parser
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line (``gaussiantalker train: error: ...``), exit code 2."""
+
+    def error(self, message: str):
+        sys.stderr.write(f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+        raise SystemExit(EXIT_USAGE)
+
+
+def _device_arg(text: str) -> str:
+    if not _DEVICE.match(text.strip()):
+        raise argparse.ArgumentTypeError(f"unknown device {text!r}: use GPU<n>, cuda:<n>, CPU or auto")
+    return text.strip()
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
+def _add_common(p: argparse.ArgumentParser, suppress: bool) -> None:
+    """Options every command takes (before or after the command name)."""
+
+    def d(value):
+        return argparse.SUPPRESS if suppress else value
+
+    p.add_argument("--workspace", metavar="DIR", default=d(DEFAULT_WORKSPACE),
+                   help="workspace folder with data/ and output/ (default ./GaussianTalker)")
+    p.add_argument("--assets", metavar="DIR", default=d(None),
+                   help="folder of optional pretrained files (default $GAUSSIANTALKER_HOME or ~/.cache/gaussiantalker)")
+    p.add_argument("--dry-run", "--dry_run", dest="dry_run", action="store_true", default=d(False),
+                   help="print every step with the paths it would read and write; change nothing "
+                        "(TEST_MODE=1 in the environment means the same)")
+    p.add_argument("-q", "--quiet", action="store_true", default=d(False), help="no progress bars or progress messages")
+    p.add_argument("-v", "--verbose", action="store_true", default=d(False),
+                   help="debug messages, and the traceback of an error")
+
+
+def _add_gpu(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--gpu", type=_device_arg, default="auto", metavar="DEVICE",
+                   help="GPU0, GPU1, ..., CPU, cuda:<n> or auto (default: the first GPU, else the CPU)")
+
+
+_EXAMPLES = {
+    "train": """examples:
+  gaussiantalker train --video_path ./obama.mp4 --gpu GPU0 --iterations 10000
+  gaussiantalker train --video_path ./obama.mp4 --gpu GPU0 --iterations 15000 --config configs/64_dim_1_transformer.py
+  gaussiantalker train --video_path ./obama.mp4 --gpu GPU0 --au_csv ./au.csv
+  gaussiantalker train --video_path ./obama.mp4 --gpu CPU --config cpu_small
+  TEST_MODE=1 gaussiantalker train --video_path ./test.mp4 --gpu GPU0 --iterations 10000
+
+The video is preprocessed into <workspace>/data/<name>/ first (finished steps are re-used), then the
+model is trained into <workspace>/output/<name>/, resuming from its newest checkpoint.""",
+    "infer": """examples:
+  gaussiantalker infer --model_dir obama --audio_path speech.wav --gpu GPU0
+  gaussiantalker infer --model_dir obama --audio_path speech.wav --gpu GPU0 --batch_size 256 --iteration 15000
+  TEST_MODE=1 gaussiantalker infer --model_dir test --audio_path ./test.wav
+
+Writes <workspace>/output/<name>/renders/output.mp4 (and custom/ours_<k>/renders/output.mp4).""",
+    "preprocess": """examples:
+  gaussiantalker preprocess --video_path ./obama.mp4
+  gaussiantalker preprocess --video_path ./obama.mp4 --gpu GPU0 --au_csv ./au.csv --name obama""",
+    "evaluate": """examples:
+  gaussiantalker evaluate --model_dir obama
+  gaussiantalker evaluate --model_dir obama --iteration 10000
+
+Writes metrics.json and report.html into <workspace>/output/<name>/.""",
+    "assets": """examples:
+  gaussiantalker assets
+  gaussiantalker assets --dir ~/weights --json""",
+    "demo": """examples:
+  gaussiantalker demo
+  gaussiantalker demo --out ./demo --seconds 4 --iterations 300
+
+Animates scikit-image's public-domain 'astronaut' photograph into a talking video, then preprocesses,
+trains (cpu_small), renders from new generated speech and evaluates it.""",
+}
+
+
+def _sub(subs, name: str, help_text: str, common: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    return subs.add_parser(name, help=help_text, description=help_text, epilog=_EXAMPLES[name], parents=[common],
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``gaussiantalker`` command."""
+    parser = _Parser(prog=PROG, formatter_class=argparse.RawDescriptionHelpFormatter,
+                     description="Audio-driven 3D Gaussian talking heads (GaussianTalker) from one video.",
+                     epilog="examples:\n" + "\n".join(
+                         line for key in ("train", "infer") for line in _EXAMPLES[key].splitlines()[1:3])
+                     + "\n\nexit codes: 0 success, 1 failure, 2 usage error, 130 interrupted; see docs/cli.md")
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    _add_common(parser, suppress=False)
+    common = argparse.ArgumentParser(add_help=False)
+    _add_common(common, suppress=True)
+    subs = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    subs.required = True
+
+    p = _sub(subs, "train", "preprocess a video (re-using finished steps) and train a model (resuming)", common)
+    p.add_argument("--video_path", "--video-path", required=True, metavar="VIDEO",
+                   help="the training video (or an already preprocessed dataset folder)")
+    _add_gpu(p)
+    p.add_argument("--iterations", type=_positive_int, metavar="N", help="training iterations (default: the config's)")
+    p.add_argument("--config", metavar="PRESET_OR_FILE",
+                   help="preset name (64_dim_1_transformer, cpu_small, ...) or config file "
+                        "(default 64_dim_1_transformer)")
+    p.add_argument("--au_csv", "--au-csv", metavar="AU.csv", help="OpenFace au.csv for the eye blinks")
+    p.add_argument("--name", help="dataset and model name (default: the video's file stem)")
+
+    p = _sub(subs, "infer", "render a trained model saying new audio", common)
+    p.add_argument("--model_dir", "--model-dir", required=True, metavar="NAME",
+                   help="model name (a folder of <workspace>/output/)")
+    p.add_argument("--audio_path", "--audio-path", required=True, metavar="AUDIO", help="the audio to say")
+    _add_gpu(p)
+    p.add_argument("--batch_size", "--batch-size", type=_positive_int, default=128, metavar="N",
+                   help="frames per batch (default 128)")
+    p.add_argument("--iteration", type=_positive_int, metavar="K", help="saved iteration to use (default: the newest)")
+    p.add_argument("--pose", choices=("track", "static"), default="track",
+                   help="head motion: the training video's (track, default) or none (static)")
+    p.add_argument("--paste_back", "--paste-back", action="store_true",
+                   help="paste the face back into the full original frames (cropped videos)")
+    p.add_argument("--out", metavar="MP4", help="output video (default <model>/renders/output.mp4)")
+
+    p = _sub(subs, "preprocess", "turn a video into a training dataset", common)
+    p.add_argument("--video_path", "--video-path", required=True, metavar="VIDEO", help="the video")
+    _add_gpu(p)
+    p.add_argument("--au_csv", "--au-csv", metavar="AU.csv", help="OpenFace au.csv for the eye blinks")
+    p.add_argument("--name", help="dataset name (default: the video's file stem)")
+    p.add_argument("--size", type=_positive_int, default=512, help="side of the square frames (default 512)")
+
+    p = _sub(subs, "evaluate", "evaluate a model on its held-out frames (metrics.json, report.html)", common)
+    p.add_argument("--model_dir", "--model-dir", required=True, metavar="NAME", help="model name")
+    _add_gpu(p)
+    p.add_argument("--iteration", type=_positive_int, metavar="K", help="saved iteration (default: the newest)")
+
+    p = _sub(subs, "assets", "list the optional pretrained files: where looked for, found or not, what each enables",
+             common)
+    p.add_argument("--dir", dest="assets_dir", metavar="DIR", help="asset folder to inspect (same as --assets)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    p = _sub(subs, "demo", "run the built-in example subject end to end (no data needed)", common)
+    p.add_argument("--out", default="gaussiantalker-demo", metavar="DIR",
+                   help="demo folder (default ./gaussiantalker-demo)")
+    p.add_argument("--seconds", type=_positive_float, default=8.0, help="length of the generated video (default 8)")
+    p.add_argument("--iterations", type=_positive_int, metavar="N", help="training iterations (default: cpu_small's)")
+    _add_gpu(p)
+    return parser
+
+
+# --------------------------------------------------------------------------------------------------
+# checks shared by the real run and the dry run
+
+
+def test_mode() -> bool:
+    """True when ``TEST_MODE`` is set to a true value (1, true, yes, on) in the environment."""
+    return os.environ.get(TEST_MODE_VAR, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _name(text: Optional[str], what: str) -> Optional[str]:
+    if text is None:
+        return None
+    try:
+        return validate_name(text)
+    except InvalidNameError as exc:
+        raise UsageError(f"{what}: {exc}") from None
+
+
+def model_name(model_dir: str, workspace: Workspace) -> str:
+    """The model name meant by ``--model_dir``.
+
+    A plain name is validated. A path is accepted only when it is a folder directly inside
+    ``<workspace>/output`` (then its name is used), so ``--model_dir GaussianTalker/output/obama`` works
+    but a path elsewhere (``../x``, ``/tmp/x``) is refused: a model name is never a path.
+    """
+    if "/" not in model_dir and "\\" not in model_dir:
+        return _name(model_dir, "--model_dir")
+    path = Path(model_dir).expanduser()
+    output = (workspace.root / "output").resolve()
+    if path.is_dir() and path.resolve().parent == output:
+        return _name(path.resolve().name, "--model_dir")
+    raise UsageError(f"--model_dir {model_dir!r}: give a model name, or the path of a model folder directly "
+                     f"inside {workspace.root / 'output'} (a model name is never a path)")
+
+
+def resolve_config_arg(config: Optional[str]) -> Optional[Path]:
+    """``--config`` as a file: an existing path, else a bundled preset by file name (UsageError if neither)."""
+    if config is None:
+        return None
+    from .config import resolve_config
+
+    try:
+        return resolve_config(config)
+    except FileNotFoundError as exc:
+        raise UsageError(f"--config: {exc}") from None
+
+
+# --------------------------------------------------------------------------------------------------
+# commands
+
+
+def _progress(args) -> bool:
+    return not args.quiet
+
+
+def _cmd_train(args) -> int:
+    ws = Workspace.at(args.workspace)
+    name = _name(args.name, "--name")
+    config = resolve_config_arg(args.config)
+    if args.dry_run:
+        return _plan_train(args, ws, name, config)
+    from . import api
+
+    model = api.train(args.video_path, config=config, iterations=args.iterations, device=args.gpu,
+                      workspace=ws.root, name=name, progress=_progress(args), assets=args.assets,
+                      au_csv=args.au_csv)
+    print(f"model: {model.path} (iteration {model.iteration})")
+    return EXIT_OK
+
+
+def _cmd_preprocess(args) -> int:
+    ws = Workspace.at(args.workspace)
+    name = _name(args.name, "--name")
+    if args.dry_run:
+        return _plan_preprocess(args, ws, name)
+    from . import api
+
+    data = api.preprocess(args.video_path, workspace=ws.root, name=name, device=args.gpu, au_csv=args.au_csv,
+                          size=args.size, assets=args.assets, progress=_progress(args))
+    print(f"dataset: {data.path} ({data.num_frames} frames)")
+    return EXIT_OK
+
+
+def _cmd_infer(args) -> int:
+    ws = Workspace.at(args.workspace)
+    name = model_name(args.model_dir, ws)
+    if args.dry_run:
+        return _plan_infer(args, ws, name)
+    from . import api
+
+    result = api.render(name, args.audio_path, out=args.out, batch_size=args.batch_size, iteration=args.iteration,
+                        pose=args.pose, device=args.gpu, workspace=ws.root, progress=_progress(args),
+                        paste_back=args.paste_back, assets=args.assets)
+    print(f"video: {result.path}")
+    return EXIT_OK
+
+
+def _cmd_evaluate(args) -> int:
+    ws = Workspace.at(args.workspace)
+    name = model_name(args.model_dir, ws)
+    if args.dry_run:
+        return _plan_evaluate(args, ws, name)
+    from . import api
+
+    result = api.evaluate(name, iteration=args.iteration, device=args.gpu, workspace=ws.root,
+                          progress=_progress(args), assets=args.assets)
+    print(f"iteration {result.iteration}, {result.frames} held-out frames")
+    for key in ("psnr", "ssim", "lpips", "lmd"):
+        value = getattr(result, key, None)
+        print(f"{key}: {value:.4f}" if isinstance(value, (int, float)) else f"{key}: not measured")
+    print(f"metrics: {result.metrics_path}")
+    print(f"report: {result.report_path}")
+    return EXIT_OK
+
+
+def _cmd_assets(args) -> int:
+    from .assets_report import asset_report, format_json, format_table
+
+    report = asset_report(args.assets_dir or args.assets)
+    print(format_json(report) if args.json else format_table(report))
+    return EXIT_OK
+
+
+def _cmd_demo(args) -> int:
+    if args.dry_run:
+        return _plan_demo(args)
+    from .demo import run_demo
+
+    result = run_demo(args.out, seconds=args.seconds, iterations=args.iterations, device=args.gpu,
+                      progress=_progress(args))
+    if args.quiet:
+        print(f"video: {result.render.path}")
+    return EXIT_OK
+
+
+COMMANDS: Dict[str, Callable[[argparse.Namespace], int]] = {
+    "train": _cmd_train, "infer": _cmd_infer, "preprocess": _cmd_preprocess, "evaluate": _cmd_evaluate,
+    "assets": _cmd_assets, "demo": _cmd_demo,
+}
+
+
+# --------------------------------------------------------------------------------------------------
+# dry run: every step with the paths it would read and write; nothing is created, written or deleted
+
+
+def _print_header(args, ws: Optional[Workspace]) -> None:
+    why = "--dry-run" if not test_mode() else f"{TEST_MODE_VAR}=1"
+    print(f"{PROG} {args.command}: dry run ({why}), nothing is written")
+    if ws is not None:
+        state = "exists" if ws.root.is_dir() else "absent, a real run creates it"
+        print(f"  workspace: {ws.root} ({state})")
+    if getattr(args, "gpu", None) is not None:
+        print(f"  device:    {_device_note(args.gpu)}")
+
+
+def _device_note(spec: str) -> str:
+    from .devices import resolve_device
+
+    try:
+        return f"{spec} -> {resolve_device(spec)}"
+    except ValueError as exc:  # a dry run is often made on another machine than the real run
+        return f"{spec}: {exc}; a real run on this machine stops here"
+
+
+def _print_step(index: int, name: str, status: str, reads: Sequence, writes: Sequence, notes: Sequence = ()) -> None:
+    print(f"[{index}] {name}" + (f"  ({status})" if status else ""))
+    for item in reads:
+        print(f"      reads:  {item}")
+    for item in writes:
+        print(f"      writes: {item}")
+    for item in notes:
+        print(f"      note:   {item}")
+
+
+def _existing(path: Optional[str], what: str) -> Optional[Path]:
+    if path is None:
+        return None
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise FileNotFoundError(f"{what} {p} does not exist")
+    return p
+
+
+# The dataset files of each preprocessing step (docs/dataset.md), used when the preprocessing pipeline
+# offers no plan of its own.
+_PREPROCESS_STEPS = (
+    ("frames", ("{video}",), ("ori_imgs/<i>.jpg", "aud.wav")),
+    ("landmarks", ("ori_imgs/<i>.jpg",), ("ori_imgs/<i>.lms", "landmarks478.npy")),
+    ("parsing", ("ori_imgs/<i>.jpg", "ori_imgs/<i>.lms"), ("parsing/<i>.png",)),
+    ("background", ("ori_imgs/<i>.jpg", "parsing/<i>.png"), ("bc.jpg",)),
+    ("torso", ("ori_imgs/<i>.jpg", "parsing/<i>.png", "bc.jpg"), ("gt_imgs/<i>.jpg", "torso_imgs/<i>.png")),
+    ("audio", ("aud.wav",), ("aud_<kind>.npy", "aud_train.wav", "aud_novel.wav")),
+    ("blink", ("{au_csv}",), ("au.csv",)),
+    ("tracking", ("ori_imgs/<i>.lms",), ("track_params.pt", "transforms_train.json", "transforms_val.json",
+                                         "points3d.ply")),
+    ("meta", (), ("meta.json", "preview.mp4")),
+)
+
+
+def _preprocess_plan(video: Path, ws: Workspace, name: str, args) -> List[tuple]:
+    """(name, status, reads, writes, notes) of each preprocessing step."""
+    import importlib.util
+
+    au_csv = getattr(args, "au_csv", None)
+    if importlib.util.find_spec("gaussiantalker.preprocess.pipeline") is not None:
+        from .preprocess.pipeline import plan_preprocess
+
+        steps = plan_preprocess(video, workspace=ws.root, name=name, device=_plan_device(args.gpu), au_csv=au_csv,
+                                size=getattr(args, "size", 512), assets=args.assets)
+        return [_step_fields(step) for step in steps]
+    data = ws.data_dir(name)
+    out = []
+    for step, reads, writes in _PREPROCESS_STEPS:
+        done = (data / ".steps" / f"{step}.json").is_file()
+        reads = [str(video) if r == "{video}" else (str(au_csv) if au_csv else "eye landmarks") if r == "{au_csv}"
+                 else str(data / r) for r in reads]
+        out.append((f"preprocess: {step}", "done, re-used" if done else "to do", reads,
+                    [str(data / w) for w in writes], ()))
+    return out
+
+
+def _step_fields(step) -> tuple:
+    """A ``PlannedStep`` of the preprocessing pipeline as (name, status, reads, writes, notes)."""
+    done = bool(getattr(step, "done", False))
+    reason = getattr(step, "reason", "")
+    status = "done, re-used" if done else (f"to do: {reason}" if reason else "to do")
+    note = getattr(step, "description", None)
+    return (f"preprocess: {step.name}", status, [str(r) for r in getattr(step, "reads", ())],
+            [str(w) for w in getattr(step, "writes", ())], [note] if note else [])
+
+
+def _plan_device(spec: str) -> str:
+    """The device to plan with: ``spec``, or the CPU when it does not exist here (it shapes no path)."""
+    from .devices import resolve_device
+
+    try:
+        return str(resolve_device(spec))
+    except ValueError:
+        return "cpu"
+
+
+def _saved_iterations(model_dir: Path) -> List[int]:
+    """Iterations with a saved point cloud or checkpoint in a model folder."""
+    found = set()
+    for pattern, regex in (("point_cloud/iteration_*", r"iteration_(\d+)$"),
+                           ("checkpoints/chkpnt_*.pth", r"chkpnt_(\d+)\.pth$")):
+        for p in model_dir.glob(pattern):
+            m = re.search(regex, p.name)
+            if m:
+                found.add(int(m.group(1)))
+    return sorted(found)
+
+
+def _config_iterations(config: Path) -> Optional[int]:
+    from .config import load_config
+
+    cfg = load_config(config)
+    for group in vars(cfg).values():
+        if hasattr(group, "iterations"):
+            return int(group.iterations)
+    return None
+
+
+def _plan_preprocess(args, ws: Workspace, name: Optional[str]) -> int:
+    video = _existing(args.video_path, "video")
+    _existing(args.au_csv, "AU csv")
+    _print_header(args, ws)
+    for i, step in enumerate(_preprocess_plan(video, ws, name or name_from_path(video), args), 1):
+        _print_step(i, *step)
+    return EXIT_OK
+
+
+def _plan_train(args, ws: Workspace, name: Optional[str], config: Optional[Path]) -> int:
+    from .config import DEFAULT_PRESET
+
+    source = _existing(args.video_path, "video or dataset folder")
+    _existing(args.au_csv, "AU csv")
+    _print_header(args, ws)
+    steps = []
+    if source.is_dir():
+        data, name = source, name or _name(source.name, "dataset folder name")
+    else:
+        name = name or name_from_path(source)
+        data = ws.data_dir(name)
+        steps = _preprocess_plan(source, ws, name, args)
+    config = config or resolve_config_arg(DEFAULT_PRESET)
+    iterations = args.iterations or _config_iterations(config)
+    model_dir = ws.model_dir(name)
+    saved = _saved_iterations(model_dir)
+    resume = f"resume from iteration {saved[-1]}" if saved else "from scratch"
+    steps.append(("train", f"{resume}, to iteration {iterations}", [str(data), str(config)],
+                  [str(model_dir / "config.json"), str(model_dir / "checkpoints" / "chkpnt_<k>.pth"),
+                   str(model_dir / "point_cloud" / "iteration_<k>" / "point_cloud.ply")], ()))
+    for i, step in enumerate(steps, 1):
+        _print_step(i, *step)
+    return EXIT_OK
+
+
+def _model_for_plan(ws: Workspace, name: str, iteration: Optional[int]) -> tuple:
+    model_dir = ws.model_dir(name)
+    if not model_dir.is_dir():
+        have = ", ".join(ws.models()) or "none"
+        raise FileNotFoundError(f"model {name!r} not found: no folder {model_dir} (models there: {have})")
+    saved = _saved_iterations(model_dir)
+    if not saved:
+        raise FileNotFoundError(f"model folder {model_dir} has no saved iteration (point_cloud/iteration_<k>)")
+    if iteration is not None and iteration not in saved:
+        raise FileNotFoundError(f"model {name!r} has no iteration {iteration} (saved: {', '.join(map(str, saved))})")
+    return model_dir, iteration or saved[-1]
+
+
+def _plan_infer(args, ws: Workspace, name: str) -> int:
+    audio = _existing(args.audio_path, "audio file")
+    model_dir, k = _model_for_plan(ws, name, args.iteration)
+    _print_header(args, ws)
+    writes = [args.out] if args.out else [str(model_dir / "renders" / "output.mp4"),
+                                          str(model_dir / "custom" / f"ours_{k}" / "renders" / "output.mp4")]
+    _print_step(1, "audio features", "", [str(audio)], [], ["kept in memory"])
+    _print_step(2, "render", f"iteration {k}, batch size {args.batch_size}, pose {args.pose}",
+                [str(model_dir / "point_cloud" / f"iteration_{k}"), str(model_dir / "config.json")], writes)
+    return EXIT_OK
+
+
+def _plan_evaluate(args, ws: Workspace, name: str) -> int:
+    model_dir, k = _model_for_plan(ws, name, args.iteration)
+    _print_header(args, ws)
+    _print_step(1, "evaluate", f"iteration {k}, held-out frames",
+                [str(model_dir / "point_cloud" / f"iteration_{k}"), "the model's dataset (config.json)"],
+                [str(model_dir / "metrics.json"), str(model_dir / "report.html")])
+    return EXIT_OK
+
+
+def _plan_demo(args) -> int:
+    from .demo import DEMO_NAME
+
+    out = Path(args.out)
+    ws = Workspace.at(out / "workspace")
+    _print_header(args, ws)
+    data, model = ws.data_dir(DEMO_NAME), ws.model_dir(DEMO_NAME)
+    steps = [
+        ("make the demo video", f"{args.seconds:g} s", ["scikit-image's astronaut photograph"],
+         [str(out / f"{DEMO_NAME}.mp4")], ()),
+        ("make the novel speech", "", [], [str(out / "speech_novel.wav")], ()),
+        ("preprocess", "", [str(out / f"{DEMO_NAME}.mp4")], [str(data)], ()),
+        ("train", f"cpu_small, {args.iterations or 'its'} iterations", [str(data)], [str(model)], ()),
+        ("render", "", [str(out / "speech_novel.wav"), str(model)], [str(model / "renders" / "output.mp4")], ()),
+        ("evaluate", "", [str(model)], [str(model / "metrics.json"), str(model / "report.html")], ()),
+    ]
+    for i, step in enumerate(steps, 1):
+        _print_step(i, *step)
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------------------------------
+# entry point
+
+
+class _Formatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        level = "" if record.levelno == logging.INFO else f"{record.levelname.lower()}: "
+        return f"{PROG}: {level}{record.getMessage()}"
+
+
+def _configure_logging(args) -> logging.Handler:
+    """The CLI's log handler on the package logger (the library itself never configures logging)."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_Formatter())
+    logger = logging.getLogger(PROG)
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO)
+    return handler
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if isinstance(exc, (OSError, ValueError)) else f"{type(exc).__name__}: {text}"
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run the command line; returns the exit code (0 success, 1 failure, 2 usage, 130 interrupted)."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(list(argv) if argv is not None else None)
+    except SystemExit as exc:  # --help, --version, or a usage error already printed
+        return int(exc.code or 0) if not isinstance(exc.code, str) else EXIT_USAGE
+    args.dry_run = bool(args.dry_run or test_mode())
+    handler = _configure_logging(args)
+    try:
+        return COMMANDS[args.command](args)
+    except KeyboardInterrupt:
+        sys.stderr.write(f"{PROG}: interrupted\n")
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:  # output piped into `head` that exited: stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit-time flush cannot fail
+        return EXIT_FAILURE
+    except (UsageError, InvalidNameError) as exc:
+        _report(exc, args)
+        return EXIT_USAGE
+    except Exception as exc:  # every failure becomes one line (the traceback with --verbose)
+        _report(exc, args)
+        return EXIT_FAILURE
+    finally:
+        logging.getLogger(PROG).removeHandler(handler)
+
+
+def _report(exc: BaseException, args) -> None:
+    if args.verbose:
+        traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
+    sys.stderr.write(f"{PROG}: error: {_one_line(exc)}\n")
+
+
+def run(argv: Optional[List[str]] = None) -> None:
+    """Console-script style entry: exits the process with :func:`main`'s code."""
+    sys.exit(main(argv))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    run()
