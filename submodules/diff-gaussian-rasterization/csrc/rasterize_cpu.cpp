@@ -224,6 +224,9 @@ void rasterize_bwd_cpu(const RasterInputs& in, const GeomState& st, const PixelS
   const int nthreads = num_threads();
   // Tiles of one camera only touch that camera's instances: process cameras in turn, each with private
   // per-thread accumulators of N entries, reduced once per camera (no atomics).
+  // Deterministic for a given thread count: tiles are dealt round-robin (static, 1), so every thread adds
+  // the same tiles in the same order on every run, and the accumulators are reduced in thread order.
+  // (A dynamic schedule would hand tiles out by timing, changing the float sums from run to run.)
   std::vector<float> local((size_t)nthreads * in.N * kAccum);
   for (int b = 0; b < in.B; ++b) {
     std::fill(local.begin(), local.end(), 0.f);
@@ -233,7 +236,7 @@ void rasterize_bwd_cpu(const RasterInputs& in, const GeomState& st, const PixelS
       PixelBack pb[kTileSize];
       int ncon[kTileSize];
       float* acc = local.data() + (size_t)thread_id() * in.N * kAccum;
-#pragma omp for schedule(dynamic, 1)
+#pragma omp for schedule(static, 1)
       for (int tile = 0; tile < T; ++tile) {
         const int64_t job = (int64_t)b * T + tile;
         const int lo = ranges[2 * job], hi = ranges[2 * job + 1];
