@@ -44,7 +44,7 @@ import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator, List, Optional, Tuple, Union
+from typing import Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -110,15 +110,20 @@ class LandmarkResult:
 
     def missing_ranges(self) -> List[Tuple[int, int]]:
         """Inclusive frame ranges ``(first, last)`` without a face."""
-        ranges: List[Tuple[int, int]] = []
-        start = None
-        for i, ok in enumerate(self.found.tolist() + [True]):
-            if not ok and start is None:
-                start = i
-            elif ok and start is not None:
-                ranges.append((start, i - 1))
-                start = None
-        return ranges
+        return missing_ranges(self.found)
+
+
+def missing_ranges(found: Sequence[bool]) -> List[Tuple[int, int]]:
+    """Inclusive ``(first, last)`` runs of False in ``found`` (frames without a face)."""
+    ranges: List[Tuple[int, int]] = []
+    start = None
+    for i, ok in enumerate([bool(v) for v in found] + [True]):
+        if not ok and start is None:
+            start = i
+        elif ok and start is not None:
+            ranges.append((start, i - 1))
+            start = None
+    return ranges
 
 
 def mediapipe_to_ibug68(points478: np.ndarray) -> np.ndarray:
@@ -177,12 +182,16 @@ def read_video_rgb(path: PathLike, max_frames: Optional[int] = None) -> np.ndarr
     return np.stack(frames)
 
 
-def _import_face_mesh():
-    """Import MediaPipe's face mesh lazily, with an install hint when it is missing.
+def import_mediapipe_solution(name: str, purpose: str):
+    """Import ``mediapipe.python.solutions.<name>`` lazily, with an install hint when it is missing.
 
     ``import mediapipe`` imports TensorFlow when it is installed (``mediapipe.tasks`` probes for it),
     and importing torchvision *after* TensorFlow segfaults this stack (measured: exit 139 with
     TensorFlow 2.19 and torchvision 0.29). Importing torchvision first avoids it.
+
+    Args:
+        name: the solution module, e.g. ``"face_mesh"``, ``"selfie_segmentation"``.
+        purpose: what it is needed for, for the error message.
     """
     if "torchvision" not in sys.modules and importlib.util.find_spec("torchvision") is not None:
         if "tensorflow" in sys.modules:
@@ -190,13 +199,16 @@ def _import_face_mesh():
         else:
             importlib.import_module("torchvision")
     try:
-        from mediapipe.python.solutions import face_mesh
+        return importlib.import_module(f"mediapipe.python.solutions.{name}")
     except ImportError as exc:
         raise ImportError(
-            "MediaPipe face mesh is needed for landmark detection: pip install mediapipe==0.10.21 "
-            "(later releases no longer ship the face-mesh models)"
+            f"MediaPipe {name.replace('_', ' ')} is needed for {purpose}: pip install mediapipe==0.10.21 "
+            "(later releases no longer ship its models)"
         ) from exc
-    return face_mesh
+
+
+def _import_face_mesh():
+    return import_mediapipe_solution("face_mesh", "landmark detection")
 
 
 def _box(points: np.ndarray) -> np.ndarray:

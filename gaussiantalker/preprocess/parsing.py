@@ -17,11 +17,8 @@ Backends (:func:`make_parser`):
 from __future__ import annotations
 
 import functools
-import importlib
-import importlib.util
 import logging
 import os
-import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -173,19 +170,9 @@ class FaceParser:
 
 def _import_selfie_segmentation():
     """MediaPipe's selfie segmentation, imported lazily (torchvision first: see ``landmarks``)."""
-    if "torchvision" not in sys.modules and importlib.util.find_spec("torchvision") is not None:
-        if "tensorflow" in sys.modules:
-            logger.warning("TensorFlow was imported before torchvision; importing torchvision later may crash")
-        else:
-            importlib.import_module("torchvision")
-    try:
-        from mediapipe.python.solutions import selfie_segmentation
-    except ImportError as exc:
-        raise ImportError(
-            "MediaPipe selfie segmentation is needed for the offline face parser: "
-            "pip install mediapipe==0.10.21 (later releases no longer ship its model)"
-        ) from exc
-    return selfie_segmentation
+    from .landmarks import import_mediapipe_solution
+
+    return import_mediapipe_solution("selfie_segmentation", "the offline face parser")
 
 
 class SelfieParser(FaceParser):

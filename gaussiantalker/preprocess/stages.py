@@ -34,6 +34,7 @@ from .frames import (
     frame_path,
     iter_frames,
 )
+from .landmarks import missing_ranges
 from .steps import (
     Context,
     Output,
@@ -214,18 +215,6 @@ def interpolate_gaps(points: np.ndarray, found: np.ndarray) -> np.ndarray:
     for c in range(flat.shape[1]):
         flat[missing, c] = np.interp(missing, idx, flat[idx, c])
     return out
-
-
-def missing_ranges(found: np.ndarray) -> List[Tuple[int, int]]:
-    """Inclusive ``(first, last)`` runs of frames without a face."""
-    ranges, start = [], None
-    for i, ok in enumerate(list(found) + [True]):
-        if not ok and start is None:
-            start = i
-        elif ok and start is not None:
-            ranges.append((start, i - 1))
-            start = None
-    return ranges
 
 
 class LandmarksStep(Step):
