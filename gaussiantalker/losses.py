@@ -211,14 +211,13 @@ def load_conv_weights(module: nn.Sequential, path: PathLike, prefix: str = "feat
                 dst.copy_(src)
 
 
-class VGG16Features(nn.Module):
-    """torchvision's VGG16 ``features`` (first ``upto`` layers) with the weights of a torchvision file,
-    returning the activations at the ends of ``slices`` (layer-index boundaries). Frozen, eval mode;
-    inputs already normalised."""
+class SlicedFeatures(nn.Module):
+    """A frozen feature extractor (eval mode) that returns the activations at the ends of ``slices``
+    (layer-index boundaries of ``features``); conv weights come from a torchvision file."""
 
-    def __init__(self, weights: PathLike, upto: int = 23, slices: Sequence[int] = (4, 9, 16, 23)):
+    def __init__(self, features: nn.Sequential, weights: PathLike, slices: Sequence[int]):
         super().__init__()
-        self.features = _vgg16_layers(upto).to_empty(device="cpu")  # built on "meta": no random init
+        self.features = features.to_empty(device="cpu")  # built on "meta": no random init
         load_conv_weights(self.features, weights)
         self.slices = tuple(slices)
         self.requires_grad_(False)
@@ -232,6 +231,14 @@ class VGG16Features(nn.Module):
             out.append(x)
             start = end
         return out
+
+
+class VGG16Features(SlicedFeatures):
+    """torchvision's VGG16 ``features`` (first ``upto`` layers) with the weights of a torchvision file,
+    returning the activations at the ends of ``slices``. Inputs already normalised."""
+
+    def __init__(self, weights: PathLike, upto: int = 23, slices: Sequence[int] = (4, 9, 16, 23)):
+        super().__init__(_vgg16_layers(upto), weights, slices)
 
 
 class PerceptualLoss(nn.Module):

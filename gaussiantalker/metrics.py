@@ -22,10 +22,10 @@ from torch import nn
 
 from .losses import (
     VGG16_FILENAME,
+    SlicedFeatures,
     VGG16Features,
     _as_batch,
     _check_pair,
-    load_conv_weights,
     load_state_file,
 )
 from .losses import ssim as _ssim
@@ -81,31 +81,19 @@ def landmark_distance(pred: Tensor, gt: Tensor, mouth_only: bool = True) -> Tens
 # ----------------------------------------------------------------------------------------------
 
 
-class _AlexFeatures(nn.Module):
+class _AlexFeatures(SlicedFeatures):
     """torchvision's AlexNet ``features`` with the LPIPS taps (relu1 .. relu5)."""
 
     def __init__(self, weights: PathLike):
-        super().__init__()
         m = "meta"  # built without random init, then filled from the file
-        self.features = nn.Sequential(
+        features = nn.Sequential(
             nn.Conv2d(3, 64, 11, stride=4, padding=2, device=m), nn.ReLU(), nn.MaxPool2d(3, 2),
             nn.Conv2d(64, 192, 5, padding=2, device=m), nn.ReLU(), nn.MaxPool2d(3, 2),
             nn.Conv2d(192, 384, 3, padding=1, device=m), nn.ReLU(),
             nn.Conv2d(384, 256, 3, padding=1, device=m), nn.ReLU(),
             nn.Conv2d(256, 256, 3, padding=1, device=m), nn.ReLU(),
-        ).to_empty(device="cpu")
-        load_conv_weights(self.features, weights)
-        self.slices = (2, 5, 8, 10, 12)
-        self.requires_grad_(False)
-
-    def forward(self, x: Tensor) -> list:
-        out, start = [], 0
-        for end in self.slices:
-            for layer in self.features[start:end]:
-                x = layer(x)
-            out.append(x)
-            start = end
-        return out
+        )
+        super().__init__(features, weights, slices=(2, 5, 8, 10, 12))
 
 
 _CHANNELS = {"alex": (64, 192, 384, 256, 256), "vgg": (64, 128, 256, 512, 512)}
