@@ -35,6 +35,7 @@ _TYPES = {
     "RenderResult": "gaussiantalker.infer",
     "Talker": "gaussiantalker.infer",
     "EvaluationResult": "gaussiantalker.evaluate",
+    "Progress": "gaussiantalker.progress",
 }
 
 __all__ = ["__version__", "preprocess", "train", "render", "load", "evaluate", *_TYPES]

@@ -24,6 +24,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, Optional, Union
 
+from .progress import ProgressCallback
 from .workspace import DEFAULT_WORKSPACE
 
 if TYPE_CHECKING:  # the result types live with their pipelines
@@ -63,6 +64,7 @@ def preprocess(
     size: int = 512,
     assets: Optional[PathLike] = None,
     progress: bool = True,
+    callback: Optional[ProgressCallback] = None,
 ) -> Dataset:
     """Turn a video of one person talking into a training dataset ``<workspace>/data/<name>/``.
 
@@ -79,6 +81,8 @@ def preprocess(
         size: side of the square frames in pixels.
         assets: folder of optional pretrained files (default ``$GAUSSIANTALKER_HOME``).
         progress: show progress bars.
+        callback: called with a :class:`Progress` from the working thread (see :mod:`gaussiantalker.progress`);
+            an exception it raises stops the work, keeping what is saved.
 
     Returns:
         the :class:`Dataset` (``.path``, ``.name``, ``.num_frames``, ``.backends``, ...).
@@ -94,7 +98,7 @@ def preprocess(
     from .preprocess.pipeline import preprocess as run
 
     return run(video, workspace=workspace, name=name, device=dev, au_csv=au_csv, backends=backends, size=size,
-               assets=assets, progress=progress)
+               assets=assets, progress=progress, callback=callback)
 
 
 def _check_model(model: Any, workspace: Optional[PathLike]) -> None:
@@ -133,6 +137,7 @@ def train(
     progress: bool = True,
     assets: Optional[PathLike] = None,
     au_csv: Optional[PathLike] = None,
+    callback: Optional[ProgressCallback] = None,
 ) -> Model:
     """Train a talking-head model; resumes from the newest checkpoint of ``<workspace>/output/<name>/``.
 
@@ -150,6 +155,9 @@ def train(
         progress: show progress bars.
         assets: folder of optional pretrained files.
         au_csv: OpenFace ``au.csv`` for a video input (see :func:`preprocess`).
+        callback: called with a :class:`Progress` at each preprocessing step, every 10 iterations and before
+            the final evaluation (see :mod:`gaussiantalker.progress`); an exception it raises stops the work,
+            keeping what is saved (the next call resumes).
 
     Returns:
         the ``Model`` (``.path``, ``.name``, ``.iteration``, ``.config``, ``.audio_kind``, ``.metrics``).
@@ -170,13 +178,14 @@ def train(
     if path is not None:
         if path.is_file():
             data = preprocess(path, workspace=workspace if workspace is not None else DEFAULT_WORKSPACE,
-                              name=name, device=dev, au_csv=au_csv, assets=assets, progress=progress)
+                              name=name, device=dev, au_csv=au_csv, assets=assets, progress=progress,
+                              callback=callback)
         elif au_csv is not None:
             raise ValueError("au_csv applies to a video input; a dataset folder already has its au.csv")
     from .train import train as run
 
     return run(data, config=config, iterations=iterations, device=dev, workspace=workspace, name=name,
-               progress=progress, assets=assets)
+               progress=progress, assets=assets, callback=callback)
 
 
 def render(
@@ -191,6 +200,7 @@ def render(
     progress: bool = True,
     paste_back: bool = False,
     assets: Optional[PathLike] = None,
+    callback: Optional[ProgressCallback] = None,
 ) -> RenderResult:
     """Render the model's person saying ``audio``: an mp4 with the audio track.
 
@@ -211,6 +221,8 @@ def render(
             cropped during preprocessing).
         assets: folder of optional pretrained files (the DeepSpeech graph or HuBERT model, when the
             model was trained on those features).
+        callback: called with a :class:`Progress` after every rendered batch (see
+            :mod:`gaussiantalker.progress`); an exception it raises stops the render (no file is left).
 
     Returns:
         ``RenderResult`` (``.path``, ``.frames``, ``.seconds``, ``.fps``).
@@ -232,7 +244,7 @@ def render(
     if assets is not None and not isinstance(model, Talker):
         model = load_talker(model, iteration=iteration, device=dev, workspace=workspace, assets=assets)
     return run(model, audio, out=out, batch_size=batch_size, iteration=iteration, pose=pose, device=dev,
-               workspace=workspace, progress=progress, paste_back=paste_back)
+               workspace=workspace, progress=progress, paste_back=paste_back, callback=callback)
 
 
 def load(model_dir: Any, iteration: Optional[int] = None, device: str = "auto",

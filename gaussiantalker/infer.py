@@ -37,6 +37,7 @@ import torch
 
 from .devices import resolve_device
 from .fileio import atomic_write
+from .progress import Progress, ProgressCallback, eta
 from .render.poses import PoseSchedule, blend_c2w
 from .render.video import VideoEncoder, to_uint8
 from .workspace import DEFAULT_WORKSPACE, Workspace, validate_name
@@ -269,10 +270,12 @@ class Talker:
         return (1 - w) * a + w * self._bg[i1]
 
     def _frames(self, windows: np.ndarray, total: int, schedule: PoseSchedule, batch_size: int,
-                timings: RenderTimings, progress: bool) -> Iterator[np.ndarray]:
+                timings: RenderTimings, progress: bool,
+                callback: Optional[ProgressCallback] = None) -> Iterator[np.ndarray]:
         """``[b, H, W, 3]`` uint8 batches of output frames ``0 .. total-1``."""
         from tqdm.auto import tqdm
 
+        begin = time.perf_counter()
         win = torch.from_numpy(np.ascontiguousarray(windows))
         bar = tqdm(total=total, unit="frame", desc="render", disable=not progress)
         try:
@@ -284,6 +287,10 @@ class Talker:
                 out = to_uint8(images)
                 timings.encode += time.perf_counter() - t
                 bar.update(stop - start)
+                if callback is not None:
+                    elapsed = time.perf_counter() - begin
+                    callback(Progress(stage="render", iteration=stop, total=total, elapsed=elapsed,
+                                      eta=eta(stop, total, elapsed), message=f"rendered {stop}/{total} frames"))
                 yield out
         finally:
             bar.close()
@@ -303,7 +310,8 @@ class Talker:
 
     # ---------------------------------------------------------------------------------------------
     def render(self, audio, out: Optional[PathLike] = None, batch_size: int = 128, pose: str = "track",
-               progress: bool = True, paste_back: bool = False) -> RenderResult:
+               progress: bool = True, paste_back: bool = False,
+               callback: Optional[ProgressCallback] = None) -> RenderResult:
         """Render ``audio`` (a media file, or ``[T]`` float32 samples at 16 kHz) to an mp4 with sound.
 
         Args:
@@ -313,6 +321,8 @@ class Talker:
             pose: ``"track"`` (the tracked sequence, ping-pong with blended turns) or ``"static"``.
             paste_back: also write ``<out stem>_full.mp4``: the render pasted into the source video's
                 full frames (only for datasets that preprocessing cropped).
+            callback: called with a :class:`~gaussiantalker.progress.Progress` (stage ``"render"``) after every
+                batch; an exception it raises stops the render (nothing is left at ``out``).
         Returns:
             :class:`RenderResult`; ``frames == round(25 x audio seconds)``.
         Raises:
@@ -340,7 +350,7 @@ class Talker:
                 tmp_wav = target.parent / f".{target.stem}.audio.wav"
                 write_wav(tmp_wav, samples)
                 mux = tmp_wav
-            gen = self._frames(windows, total, schedule, batch_size, timings, progress)
+            gen = self._frames(windows, total, schedule, batch_size, timings, progress, callback)
             counted: Dict[str, int] = {}
 
             def write_main(tmp_main: Path) -> None:
@@ -502,13 +512,13 @@ def load(model_dir, iteration: Optional[int] = None, device="auto", workspace: O
 
 def render(model, audio, out: Optional[PathLike] = None, batch_size: int = 128, iteration: Optional[int] = None,
            pose: str = "track", device="auto", workspace: Optional[PathLike] = None, progress: bool = True,
-           paste_back: bool = False) -> RenderResult:
+           paste_back: bool = False, callback: Optional[ProgressCallback] = None) -> RenderResult:
     """Render a talking-head video of ``audio`` with a trained model.
 
     Args:
         model: a :class:`Talker`, a :class:`gaussiantalker.train.Model`, a model folder or a model name.
         audio: any media file with an audio stream, or ``[T]`` float32 samples at 16 kHz.
-        out, batch_size, pose, progress, paste_back: see :meth:`Talker.render`.
+        out, batch_size, pose, progress, paste_back, callback: see :meth:`Talker.render`.
         iteration, device, workspace: see :func:`load` (ignored for a :class:`Talker`, except that a
             different ``iteration`` is an error).
     Returns:
@@ -520,7 +530,8 @@ def render(model, audio, out: Optional[PathLike] = None, batch_size: int = 128, 
         talker = model
     else:
         talker = load(model, iteration=iteration, device=device, workspace=workspace)
-    return talker.render(audio, out=out, batch_size=batch_size, pose=pose, progress=progress, paste_back=paste_back)
+    return talker.render(audio, out=out, batch_size=batch_size, pose=pose, progress=progress, paste_back=paste_back,
+                         callback=callback)
 
 
 def _deform_padded(model, cond):

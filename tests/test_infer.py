@@ -89,8 +89,11 @@ def test_render_writes_mp4_with_audio(model_dir, tmp_path):
     wav = tmp_path / "speech.wav"
     dataset = json.loads((model_dir / "model.json").read_text())["dataset_path"]
     shutil.copyfile(f"{dataset}/aud.wav", wav)
-    result = render(model_dir, wav, device="cpu", progress=False, batch_size=16)
+    seen = []
+    result = render(model_dir, wav, device="cpu", progress=False, batch_size=16, callback=seen.append)
     assert result.path == model_dir / "renders" / "output.mp4"
+    assert [p.iteration for p in seen] == [min(k, result.frames) for k in range(16, result.frames + 16, 16)]
+    assert {p.stage for p in seen} == {"render"} and seen[-1].total == result.frames
     k = list_iterations(model_dir)[-1]
     assert result.copies == (model_dir / "custom" / f"ours_{k}" / "renders" / "output.mp4",)
     seconds = load_audio(wav).shape[0] / 16000

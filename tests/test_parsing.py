@@ -122,7 +122,9 @@ def _synthetic_person(h=256, w=256, angle_deg=0.0):
     rgb[head | neck] = (225, 170, 140)  # skin
     if angle_deg:
         m = cv2.getRotationMatrix2D((cx, cy + ry), angle_deg, 1.0)
-        warp = lambda img, flag: cv2.warpAffine(img, m, (w, h), flags=flag)
+        def warp(img, flag):
+            return cv2.warpAffine(img, m, (w, h), flags=flag)
+
         person = warp(person.astype(np.uint8), cv2.INTER_NEAREST).astype(bool)
         rgb = warp(rgb, cv2.INTER_NEAREST)
         pts = pts @ m[:, :2].T + m[:, 2]

@@ -156,8 +156,13 @@ def test_deleting_an_output_reruns_its_step_and_dependants(may, tmp_path):
     (folder / "aud_train.wav").unlink()
     plan = {p.name: p.done for p in plan_preprocess(video, workspace=ws, name=data.name)}
     assert [k for k, done in plan.items() if not done] == ["audio", "features", "meta"]
-    again = preprocess(video, workspace=ws, name=data.name, device="cpu", progress=False)
+    seen = []
+    again = preprocess(video, workspace=ws, name=data.name, device="cpu", progress=False, callback=seen.append)
     assert again.summary.ran == ["audio", "features", "meta"]
+    # the callback hears of each step that runs, then the end
+    assert [(p.stage, p.step) for p in seen] == [("preprocess", "audio"), ("preprocess", "features"),
+                                                 ("preprocess", "meta"), ("preprocess", "")]
+    assert seen[-1].fraction == 1.0 and 0 < seen[0].fraction < 1
     after = run_ids(folder)
     assert {k for k in before if before[k] != after[k]} == {"audio", "features", "meta"}
     assert (folder / "aud_train.wav").is_file()

@@ -189,3 +189,37 @@ def test_coarse_pruning_reads_the_rendered_triplane_opacity():
     assert 0 < model.num_points < before.shape[0]
     assert torch.equal(model.xyz.detach(), before[predicted >= threshold])
     assert opt.state[model.xyz]["exp_avg"].shape == model.xyz.shape
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_progress_callback_reports_and_a_raising_callback_stops_training_resumably(dataset, tmp_path):
+    from gaussiantalker import Progress
+
+    cfg = tiny(coarse_iterations=10, iterations=20, checkpoint_every=15)
+    seen = []
+
+    def stop_in_fine(p):
+        seen.append(p)
+        if p.stage == "fine" and p.iteration >= 20:
+            raise _Stop("cancelled by the caller")
+
+    with pytest.raises(_Stop):
+        train(dataset, config=cfg, device="cpu", workspace=tmp_path, name="cb", progress=False,
+              callback=stop_in_fine)
+    assert all(isinstance(p, Progress) for p in seen)
+    assert [(p.stage, p.iteration) for p in seen] == [("coarse", 10), ("fine", 20)]
+    first = seen[0]
+    assert first.total == 30 and first.loss is not None and first.loss > 0 and first.psnr is not None
+    assert first.points and first.eta is not None and first.eta > 0 and 0 < first.fraction < 1
+    assert list_checkpoints(tmp_path / "output" / "cb") == [15, 20]  # saved on the way, and where it stopped
+    log = [json.loads(line) for line in (tmp_path / "output" / "cb" / "train_log.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in log] == [10, 20] and log[0]["stage"] == "coarse"
+
+    seen.clear()
+    model = train(dataset, config=None, device="cpu", workspace=tmp_path, name="cb", progress=False,
+                  callback=seen.append)  # resumes at 20, finishes, evaluates
+    assert [(p.stage, p.iteration) for p in seen] == [("fine", 30), ("evaluate", 30)]
+    assert model.iteration == 20 and list_checkpoints(model.path) == [15, 20, 30]

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Union
 
+from ..progress import Progress, ProgressCallback
 from ..workspace import DEFAULT_WORKSPACE, Workspace, name_from_path, validate_name
 from .dataset import Dataset, PreprocessSummary
 from .steps import MARKER_DIR, Context, PreprocessError, check_steps, plan_statuses, run_steps
@@ -102,6 +103,7 @@ def preprocess(
     progress: bool = True,
     *,
     stop_after: Optional[str] = None,
+    callback: Optional[ProgressCallback] = None,
 ) -> Dataset:
     """Turn a talking-head video into a training dataset in ``<workspace>/data/<name>/``.
 
@@ -120,6 +122,9 @@ def preprocess(
         assets: asset folder with optional pretrained files (default ``$GAUSSIANTALKER_HOME``).
         progress: show tqdm progress bars.
         stop_after: run the steps up to this one only (e.g. ``"frames"``); ``meta.json`` is then not written.
+        callback: called with a :class:`~gaussiantalker.progress.Progress` (stage ``"preprocess"``) before each
+            step that runs and once at the end; an exception it raises stops preprocessing (finished steps
+            are kept and skipped next time).
 
     Returns:
         :class:`Dataset` with ``summary`` set (frames, face coverage, backends, seconds per step).
@@ -148,8 +153,18 @@ def preprocess(
 
     with _folder_lock(opts.folder), tqdm(total=len(steps), desc=f"preprocess {opts.name}", unit="step",
                                          disable=not progress) as bar:
-        records = run_steps(steps, ctx, on_step=lambda step, status: bar.set_postfix_str(step.name))
+        def on_step(step, status) -> None:
+            bar.set_postfix_str(step.name)
+            if callback is not None:
+                i = [s.name for s in steps].index(step.name)
+                callback(Progress(stage="preprocess", step=step.name, iteration=i, total=len(steps),
+                                  elapsed=time.perf_counter() - start, message=f"{step.name}: {status.reason}"))
+
+        records = run_steps(steps, ctx, on_step=on_step)
         bar.update(len(steps))
+        if callback is not None:
+            callback(Progress(stage="preprocess", iteration=len(steps), total=len(steps),
+                              elapsed=time.perf_counter() - start, eta=0.0, message=f"{opts.name}: preprocessed"))
     total = time.perf_counter() - start
     summary = _summary(ctx, records, total)
     logger.info("preprocessed %s -> %s\n%s", opts.video, opts.folder, summary.format())

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
+import time
 import types
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import torch
 
 from ..config import TrainConfig
+from ..progress import Progress, ProgressCallback, eta
 
 log = logging.getLogger(__name__)
 
@@ -30,9 +33,12 @@ def _summary_writer(folder: Path):
 
 
 class Monitor:
-    """Updates the bar every iteration and writes scalars / previews every ``log_every`` / ``preview_every``."""
+    """Updates the bar every iteration, calls the progress callback and appends to ``train_log.jsonl`` every
+    10 iterations (the figures the bar shows), and writes TensorBoard scalars / previews every ``log_every`` /
+    ``preview_every``."""
 
-    def __init__(self, model_dir: Path, config: TrainConfig, total: int, initial: int, progress: bool) -> None:
+    def __init__(self, model_dir: Path, config: TrainConfig, total: int, initial: int, progress: bool,
+                 callback: Optional[ProgressCallback] = None) -> None:
         from tqdm.auto import tqdm
 
         o = config.optimization
@@ -41,6 +47,9 @@ class Monitor:
                         dynamic_ncols=True)
         self.writer = _summary_writer(Path(model_dir) / "tensorboard") if o.tensorboard else None
         self.ema: dict[str, float] = {}
+        self.callback, self.total, self.initial = callback, int(total), int(initial)
+        self.log_path = Path(model_dir) / "train_log.jsonl"
+        self.start = time.perf_counter()
 
     def update(self, iteration: int, stage: str, num_points: int, result: dict[str, Any]) -> None:
         self.bar.update(1)
@@ -54,6 +63,8 @@ class Monitor:
             self.ema[key] = value if key not in self.ema else 0.6 * self.ema[key] + 0.4 * value
         self.bar.set_postfix(stage=stage, loss=f"{self.ema['loss']:.4f}", psnr=f"{self.ema['psnr']:.2f}",
                              points=num_points, refresh=False)
+        if iteration % 10 == 0:
+            self._report(iteration, stage, num_points)
         if scalars:
             self.writer.add_scalar(f"{stage}/loss", loss, iteration)
             self.writer.add_scalar(f"{stage}/psnr", psnr, iteration)
@@ -63,6 +74,21 @@ class Monitor:
         if images:
             self.writer.add_image(f"{stage}/preview", preview(result["batch"].target[0], result["out"].image[0]),
                                   iteration)
+
+    def _report(self, iteration: int, stage: str, num_points: int) -> None:
+        """A line in ``train_log.jsonl`` (read by the evaluation report) and the caller's callback."""
+        elapsed = time.perf_counter() - self.start
+        # loss / psnr smoothed as on the bar (one batch is noisy); elapsed counts from this (resumed) run's start
+        record = {"iteration": iteration, "stage": stage, "loss": self.ema["loss"], "psnr": self.ema["psnr"],
+                  "points": num_points, "elapsed": round(elapsed, 3)}
+        with open(self.log_path, "a", encoding="utf-8") as f:  # append-only log: a torn last line is skipped
+            f.write(json.dumps(record) + "\n")
+        if self.callback is not None:
+            self.callback(Progress(
+                stage=stage, iteration=iteration, total=self.total, loss=self.ema["loss"], psnr=self.ema["psnr"],
+                points=num_points, elapsed=elapsed, eta=eta(iteration, self.total, elapsed, self.initial),
+                message=f"{stage} iteration {iteration}/{self.total}: loss {self.ema['loss']:.4f}, "
+                        f"PSNR {self.ema['psnr']:.2f} dB, {num_points} Gaussians"))
 
     def close(self) -> None:
         self.bar.close()

@@ -26,6 +26,7 @@ from ..fileio import atomic_write
 from ..model.io import ModelInfo, save_iteration, save_model_info
 from ..model.talker import STAGES, GaussianTalkerModel
 from ..model.types import Conditions
+from ..progress import Progress, ProgressCallback
 from ..render.rasterize import render_batch
 from ..workspace import DEFAULT_WORKSPACE, Workspace, validate_name
 from .checkpoint import (
@@ -109,9 +110,9 @@ class Trainer:
     """One training run on one dataset into one model folder. ``run()`` trains (or resumes) to the end."""
 
     def __init__(self, data, config: TrainConfig, model_dir: Path, device: torch.device, progress: bool = True,
-                 assets: PathLike | None = None) -> None:
+                 assets: PathLike | None = None, callback: ProgressCallback | None = None) -> None:
         self.data, self.config, self.model_dir = data, config, Path(model_dir)
-        self.device, self.progress, self.assets = device, progress, assets
+        self.device, self.progress, self.assets, self.callback = device, progress, assets, callback
         o = config.optimization
         self.totals = {"coarse": int(o.coarse_iterations), "fine": int(o.iterations)}
         self.train_split = data.split("train")
@@ -267,7 +268,8 @@ class Trainer:
             self.prepare()
         every = int(self.config.optimization.checkpoint_every)
         total = sum(self.totals.values())
-        monitor = Monitor(self.model_dir, self.config, total, self.state.global_iteration, self.progress)
+        monitor = Monitor(self.model_dir, self.config, total, self.state.global_iteration, self.progress,
+                          self.callback)
         try:
             for stage in STAGES:
                 if STAGES.index(stage) < STAGES.index(self.state.stage):
@@ -291,15 +293,25 @@ class Trainer:
                     self.state.consumed += bs
                     self.state.global_iteration += 1
                     g = self.state.global_iteration
-                    monitor.update(g, stage, self.model.num_points, result)
                     last = g == total
-                    if (every and g % every == 0) or last:
+                    saved = bool(every and g % every == 0) or last
+                    if saved:
                         if stage == "fine":
                             save_iteration(self.model_dir, it, self.model)
                         self.save_checkpoint()
+                    try:
+                        monitor.update(g, stage, self.model.num_points, result)
+                    except BaseException:  # the caller's callback stopped us: between iterations, so resumable
+                        if not saved:
+                            self.save_checkpoint()
+                        raise
             self._finish_coarse_only()
         finally:
             monitor.close()
+        if self.callback is not None:
+            g = self.state.global_iteration
+            self.callback(Progress(stage="evaluate", iteration=g, total=total, points=self.model.num_points,
+                                   message="evaluating on the held-out frames"))
         metrics = self.evaluate()
         return self._handle(metrics)
 
@@ -397,7 +409,7 @@ class _IsolatedRng:
 
 def train(dataset_or_path: Any, config: Any = None, iterations: int | None = None, device: Any = "auto",
           workspace: PathLike | None = None, name: str | None = None, progress: bool = True,
-          assets: PathLike | None = None) -> Model:
+          assets: PathLike | None = None, callback: ProgressCallback | None = None) -> Model:
     """Train a GaussianTalker model on a preprocessed dataset; resume when the model folder has checkpoints.
 
     Args:
@@ -412,6 +424,8 @@ def train(dataset_or_path: Any, config: Any = None, iterations: int | None = Non
         name: model name; None = the dataset's folder name.
         progress: show a tqdm bar.
         assets: folder of optional pretrained files (VGG16 for the perceptual loss, LPIPS).
+        callback: called with a :class:`~gaussiantalker.progress.Progress` every 10 iterations and before the
+            final evaluation; an exception it raises stops training (resume with a new call).
     Returns:
         :class:`Model` with the validation ``metrics`` (PSNR, SSIM[, LPIPS]).
     Raises:
@@ -436,7 +450,7 @@ def train(dataset_or_path: Any, config: Any = None, iterations: int | None = Non
                                 cache_mb=m.cache_mb)
     model_dir.mkdir(parents=True, exist_ok=True)
     with _IsolatedRng(dev):
-        trainer = Trainer(data, cfg, model_dir, dev, progress=progress, assets=assets)
+        trainer = Trainer(data, cfg, model_dir, dev, progress=progress, assets=assets, callback=callback)
         return trainer.run()
 
 
