@@ -199,3 +199,44 @@ def test_save_and_load_round_trip(tmp_path):
         b = render_batch(loaded.model.deform("fine", cond), cams, bg).image
     assert torch.allclose(a, b, atol=1e-6)
     assert load_model(tmp_path).iteration == 10
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_cross_attention_equals_the_textbook_layer(shared):
+    """The token-side output projection is the same layer as multi-head attention written out in full."""
+    import math
+
+    from gaussiantalker.model.networks import CrossAttentionLayer
+
+    torch.manual_seed(0)
+    layer = CrossAttentionLayer(d_model=16, n_head=2, ffn_hidden=24, drop_prob=0.2).eval()
+    b, n, t, d = 3, 50, 4, 16
+    x = torch.randn(n, d) if shared else torch.randn(b, n, d)
+    tokens = torch.randn(b, t, d)
+    out, att = layer(x, tokens)
+
+    xb = x.expand(b, n, d) if shared else x
+    q = layer.q(xb).view(b, n, 2, 8).transpose(1, 2)  # [B, h, N, hd]
+    k = layer.k(tokens).view(b, t, 2, 8).transpose(1, 2)
+    v = layer.v(tokens).view(b, t, 2, 8).transpose(1, 2)
+    a = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(8), dim=-1)  # [B, h, N, T]
+    mixed = (a @ v).transpose(1, 2).reshape(b, n, d)
+    ref = layer.norm1(xb + layer.o(mixed))
+    ref = layer.norm2(ref + layer.ffn(ref))
+    assert torch.allclose(out, ref, atol=1e-5), float((out - ref).abs().max())
+    assert torch.allclose(att, a.mean(1), atol=1e-6)
+
+
+def test_run_heads_equals_calling_each_head():
+    from torch import nn
+
+    from gaussiantalker.model.networks import head, run_heads
+
+    torch.manual_seed(0)
+    heads = nn.ModuleDict({"a": head(16, 32, 3), "b": head(16, 32, 48), "c": head(16, 8, 1)})
+    x = torch.randn(2, 40, 16, requires_grad=True)
+    fused = run_heads(heads, x)
+    for name, seq in heads.items():
+        assert torch.allclose(fused[name], seq(x), atol=1e-6), name
+    sum(v.sum() for v in fused.values()).backward()  # gradients reach every head
+    assert all(p.grad is not None for p in heads.parameters())

@@ -103,21 +103,32 @@ class CrossAttentionLayer(nn.Module):
 
     def forward(self, x: Tensor, tokens: Tensor) -> tuple[Tensor, Tensor]:
         """``x [B, N, d]`` or ``[N, d]`` (shared by the batch), ``tokens [B, T, d]`` -> ``([B, N, d],
-        attention [B, N, T] averaged over heads)``."""
+        attention [B, N, T] averaged over heads)``.
+
+        The output projection is applied to the few value tokens instead of to every Gaussian:
+        ``Wo (sum_j a_j v_j) = sum_j a_j (Wo v_j)``, so the per-Gaussian work of the attention is a product
+        with ``heads x T`` (= 8) columns instead of the ``d x d`` projection (mathematically the same layer).
+        """
         b, t, d = tokens.shape
-        hd = d // self.n_head
+        h, hd = self.n_head, d // self.n_head
         q = self.q(x)  # [N, d] or [B, N, d]: a shared query is projected once
         if q.ndim == 2:
             q = q.unsqueeze(0)
         n = q.shape[1]
-        q = q.view(q.shape[0], n, self.n_head, hd).transpose(1, 2)  # [1|B, h, N, hd]
-        k = self.k(tokens).view(b, t, self.n_head, hd).transpose(1, 2)  # [B, h, T, hd]
-        v = self.v(tokens).view(b, t, self.n_head, hd).transpose(1, 2)
-        att = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(hd), dim=-1)  # [B, h, N, T]
-        out = (att @ v).transpose(1, 2).reshape(b, n, d)  # [B, N, d]
-        x = self.norm1(x + self.drop1(self.o(out)))  # a shared x broadcasts to [B, N, d]
+        k = self.k(tokens).view(b, t, h, hd)  # [B, T, h, hd]
+        v = self.v(tokens).view(b, t, h, hd)
+        # Keys as one block-diagonal matrix [B, d, h*T]: column (i, j) holds head i's key of token j.
+        eye = torch.eye(h, dtype=k.dtype, device=k.device)  # [h, h]
+        kmat = torch.einsum("btic,ig->bicgt", k, eye).reshape(b, d, h * t) / math.sqrt(hd)
+        logits = (q @ kmat).view(-1, n, h, t)  # [B, N, h, T] (a shared query broadcasts)
+        att = torch.softmax(logits, dim=-1)
+        # Each head's value tokens through its slice of the output projection: [B, h*T, d].
+        wo = self.o.weight.view(d, h, hd)  # [d_out, h, hd]
+        u = torch.einsum("btic,oic->bito", v, wo).reshape(b, h * t, d)
+        out = att.reshape(att.shape[0], n, h * t) @ u + self.o.bias  # [B, N, d]
+        x = self.norm1(x + self.drop1(out))  # a shared x broadcasts to [B, N, d]
         x = self.norm2(x + self.drop2(self.ffn(x)))
-        return x, att.mean(1)
+        return x, att.mean(2)
 
 
 class SpatialAudioAttention(nn.Module):
@@ -165,6 +176,28 @@ def head(d_in: int, hidden: int, k: int) -> nn.Sequential:
     return nn.Sequential(nn.ReLU(), nn.Linear(d_in, hidden), nn.ReLU(), nn.Linear(hidden, k))
 
 
+def run_heads(heads: nn.ModuleDict, x: Tensor) -> dict[str, Tensor]:
+    """Every :func:`head` of ``heads`` on the same input ``x [..., d_in]``: ``{name: [..., k]}``.
+
+    The same function as calling each head, computed as one product for all first layers (one ReLU of
+    ``x``, one ``[M, d_in] x [d_in, heads * hidden]`` matrix product instead of five small ones) and then
+    each second layer on its slice of the hidden features.
+    """
+    names = list(heads)
+    if not names:
+        return {}
+    firsts = [heads[k][1] for k in names]
+    w1 = torch.cat([f.weight for f in firsts])  # [H * hidden, d_in]
+    b1 = torch.cat([f.bias for f in firsts])
+    hidden = torch.relu(nn.functional.linear(torch.relu(x), w1, b1))  # [..., H * hidden]
+    out, start = {}, 0
+    for name, first in zip(names, firsts):
+        width = first.out_features
+        out[name] = heads[name][3](hidden[..., start:start + width])
+        start += width
+    return out
+
+
 __all__ = [
     "AudioEncoder",
     "CrossAttentionLayer",
@@ -172,6 +205,7 @@ __all__ = [
     "SpatialAudioAttention",
     "head",
     "init_linear",
+    "run_heads",
     "mlp",
     "small_last_linear",
     "zero_last_linear",

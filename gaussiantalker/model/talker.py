@@ -27,6 +27,7 @@ from .networks import (
     head,
     init_linear,
     mlp,
+    run_heads,
     small_last_linear,
     zero_last_linear,
 )
@@ -260,17 +261,17 @@ class GaussianTalkerModel(nn.Module):
         h, attention = self.attention(self.triplane_features(), tokens)  # [B, N, d], [B, L, N, 4]
         shs = torch.cat([self.features_dc, self.features_rest], dim=1)
         xyz, scaling, rotation, opacity = self.xyz, self.scaling, self.rotation, self.opacity
-        heads = self.offset_heads
+        heads = run_heads(self.offset_heads, h)
         if "dx" in heads:
-            xyz = xyz + heads["dx"](h)
+            xyz = xyz + heads["dx"]
         if "ds" in heads:
-            scaling = scaling + heads["ds"](h)
+            scaling = scaling + heads["ds"]
         if "dr" in heads:
-            rotation = rotation + heads["dr"](h)
+            rotation = rotation + heads["dr"]
         if "do" in heads:
-            opacity = opacity + heads["do"](h)
+            opacity = opacity + heads["do"]
         if "dshs" in heads:
-            shs = shs + heads["dshs"](h).view(b, n, 16, 3)[:, :, : shs.shape[1]]
+            shs = shs + heads["dshs"].view(b, n, 16, 3)[:, :, : shs.shape[1]]
         return _activate(xyz, scaling, rotation, opacity, shs, sh_degree, attention, b)
 
     def train(self, mode: bool = True) -> GaussianTalkerModel:
