@@ -223,3 +223,17 @@ def test_progress_callback_reports_and_a_raising_callback_stops_training_resumab
                   callback=seen.append)  # resumes at 20, finishes, evaluates
     assert [(p.stage, p.iteration) for p in seen] == [("fine", 30), ("evaluate", 30)]
     assert model.iteration == 20 and list_checkpoints(model.path) == [15, 20, 30]
+
+
+def test_min_extent_floors_the_learning_rate_scale(dataset):
+    """A clip whose head hardly moves has a tiny camera spread; the networks' learning rates must not follow it."""
+    data = TalkingHeadData.open(dataset)
+    spread = float(data.camera_extent)
+    assert 0 < spread < 0.1  # the synthetic head moves a little
+    floored = Trainer(data, tiny(), dataset.parent / "m1", torch.device("cpu"), progress=False)
+    assert floored.extent == pytest.approx(0.1)
+    assert floored.lrs.at(0)["deformation"] == pytest.approx(floored.config.optimization.deformation_lr_init * 1.0)
+    original = Trainer(data, tiny(min_extent=0.0), dataset.parent / "m2", torch.device("cpu"), progress=False)
+    assert original.extent == pytest.approx(spread)  # 0 keeps the original's camera spread
+    big = Trainer(data, tiny(min_extent=spread / 2), dataset.parent / "m3", torch.device("cpu"), progress=False)
+    assert big.extent == pytest.approx(spread)  # a floor below the spread changes nothing

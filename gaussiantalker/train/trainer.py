@@ -127,9 +127,15 @@ class Trainer:
     # ------------------------------------------------------------------ setup
 
     def _camera_extent(self) -> float:
+        """The scene extent that scales learning rates and densification: the cameras' spread (the original's
+        ``cameras_extent``), at least ``min_extent`` (see :class:`~gaussiantalker.config.OptimizationParams`)."""
         extent = float(self.data.camera_extent)
-        if extent > 1e-6:
-            return extent
+        floor = float(self.config.optimization.min_extent)
+        if extent > 1e-6 or floor > 0:
+            if extent < floor:
+                log.info("%s: camera extent %.3g (little head motion) raised to min_extent %.3g", self.data.path,
+                         extent, floor)
+            return max(extent, floor)
         xyz, _ = self.data.point_cloud()
         radius = float(1.1 * (xyz - xyz.mean(0)).norm(dim=1).max())
         log.warning("%s: the training cameras do not move (extent %.3g); using the point cloud's radius %.3g "
