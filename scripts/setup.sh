@@ -4,12 +4,12 @@
 # transformers extras, and the test tools. Idempotent: a second run only checks.
 #
 # Environment: PYTHON (interpreter for the venv, default python3), GT_VENV (default ./.venv),
-# GT_BUILD_CUDA=0|1 and TORCH_CUDA_ARCH_LIST (see setup.py), GT_EXTRAS (default "test,demo,deepspeech,hubert").
+# GT_BUILD_CUDA=0|1 and TORCH_CUDA_ARCH_LIST (see setup.py), GT_EXTRAS (default "test,demo,deepspeech,hubert,webapp").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 VENV=${GT_VENV:-.venv}
-EXTRAS=${GT_EXTRAS:-test,demo,deepspeech,hubert}
+EXTRAS=${GT_EXTRAS:-test,demo,deepspeech,hubert,webapp}
 say() { printf '[setup] %s\n' "$*" >&2; }
 
 if [ ! -x "$VENV/bin/python" ]; then
@@ -33,6 +33,22 @@ if ! command -v ffmpeg >/dev/null 2>&1; then
       || say "apt-get could not install ffmpeg; the ffmpeg shipped by imageio-ffmpeg will be used"
   else
     say "no system ffmpeg; the ffmpeg shipped by imageio-ffmpeg will be used"
+  fi
+fi
+
+# The web app's tests: a real headless browser (Debian's chromium, driven by playwright's Python binding;
+# no browser download) and a real speech synthesiser (espeak-ng) for the chat loop. Without them those
+# tests skip, saying why.
+missing=()
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+command -v espeak-ng >/dev/null 2>&1 || missing+=(espeak-ng)
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    say "installing Debian's ${missing[*]} (web app tests)"
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null) \
+      || say "apt-get could not install ${missing[*]}; the web app's browser / speech tests will skip"
+  else
+    say "no ${missing[*]}: the web app's browser / speech tests will skip"
   fi
 fi
 

@@ -1,0 +1,279 @@
+"""The HTTP server: three pages and their JSON API, over the library in process.
+
+Pages (plain HTML + vanilla JS in ``static/``): ``/model_training.html``, ``/video_generation.html``,
+``/chat_system.html`` (``/`` redirects to the training page). JSON API (errors are ``{"error": "one line"}``
+with a 4xx/5xx status; the server never stops on bad input):
+
+===========================  ==================================================================
+``GET  /api/status``         devices, configs, limits, chat stages, LLM configured or not
+``GET  /api/models``         trained models in ``<workspace>/output`` with their saved iterations
+``GET  /api/datasets``       preprocessed datasets in ``<workspace>/data``
+``POST /api/uploads``        ``?kind=video|audio|au_csv&filename=NAME``, body = the file's bytes
+``GET  /api/uploads``        ``?kind=...``: stored uploads (to pick a video already on the server)
+``POST /api/train``          JSON :class:`~.backend.model_trainer.TrainRequest` -> job
+``POST /api/generate``       JSON :class:`~.backend.video_generator.GenerateRequest` -> job
+``POST /api/chat``           JSON :class:`~.backend.chat_engine.ChatRequest` -> job
+``GET  /api/jobs``           ``?kind=train|generate|chat``: job records, newest first
+``GET  /api/jobs/{id}``      one job record (state, progress, log tail, result, error)
+``POST /api/jobs/{id}/cancel``
+===========================  ==================================================================
+
+Rendered videos are served from ``<workspace>/webapp/static/videos`` at ``/static/videos/``.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from contextlib import asynccontextmanager
+from dataclasses import fields
+from pathlib import Path
+from typing import Any, Dict, Optional, Type
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, RedirectResponse
+from fastapi.staticfiles import StaticFiles
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+
+from gaussiantalker.workspace import InvalidNameError, Workspace
+
+from .backend.chat_engine import ChatEngine, ChatRequest, StageError
+from .backend.jobs import Job, JobManager, JobNotFoundError, one_line
+from .backend.model_trainer import ModelTrainer, TrainRequest
+from .backend.settings import Settings, load_chat_config
+from .backend.uploads import KINDS, UploadError, UploadStore
+from .backend.video_generator import GenerateRequest, ModelNotFound, TalkerCache, VideoGenerator, list_models
+
+log = logging.getLogger(__name__)
+
+STATIC = Path(__file__).resolve().parent / "static"
+PAGES = ("model_training.html", "video_generation.html", "chat_system.html")
+_JOB_ID = re.compile(r"^[0-9a-f]{16}$")
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)
+
+
+def _job_json(job: Job, created: Optional[bool] = None) -> Dict[str, Any]:
+    d = job.to_dict()
+    d.pop("key", None)
+    if created is not None:
+        d["deduplicated"] = not created
+    return d
+
+
+def _request(cls: Type, body: Any):
+    """Build a request dataclass from a JSON object, refusing unknown keys and wrong types (one line)."""
+    if not isinstance(body, dict):
+        raise ValueError("the request body must be a JSON object")
+    names = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(body) - set(names))
+    if unknown:
+        raise ValueError(f"unknown field(s): {', '.join(unknown)}")
+    values = {k: (None if v == "" else v) for k, v in body.items()}
+    for k in ("iterations", "iteration", "batch_size"):
+        if values.get(k) is not None:
+            try:
+                values[k] = int(values[k])
+            except (TypeError, ValueError):
+                raise ValueError(f"{k} must be an integer, got {values[k]!r}") from None
+    for k, v in values.items():
+        if k == "history":
+            if not isinstance(v, list):
+                raise ValueError("history must be a list of messages")
+        elif v is not None and not isinstance(v, (str, int)):
+            raise ValueError(f"{k} must be a string or a number")
+    values = {k: v for k, v in values.items() if v is not None}
+    try:
+        return cls(**values)
+    except TypeError as exc:  # a required field missing
+        raise ValueError(one_line(exc).replace("__init__() ", "")) from None
+
+
+def create_app(settings: Optional[Settings] = None) -> FastAPI:
+    """The web application for ``settings`` (default: workspace ``GaussianTalker``, 200 MiB uploads).
+
+    Builds the job manager (reloading earlier job records), the upload store, the talker cache and the chat
+    stages; the worker threads stop when the app shuts down.
+    """
+    s = settings or Settings()
+    s.make_dirs()
+    _import_torchvision_first()
+    ws = Workspace.at(s.workspace)
+    jobs = JobManager(s.jobs_dir)
+    uploads = UploadStore(s.uploads_dir, s.max_upload_bytes)
+    cache = TalkerCache(ws, device=_device(s.device), size=s.max_talkers)
+    trainer = ModelTrainer(s.workspace, uploads, jobs, s.configs_dir)
+    generator = VideoGenerator(cache, uploads, jobs, s.videos_dir)
+    chat_cfg = load_chat_config(s.chat_config, s.chat)
+    chat = ChatEngine(chat_cfg, cache, uploads, jobs, s.videos_dir, s.first_segment_frames, s.segment_frames)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        chat.warm()
+        yield
+        jobs.shutdown()
+
+    app = FastAPI(title="gaussiantalker web app", lifespan=lifespan)
+    app.state.settings, app.state.jobs, app.state.cache, app.state.chat = s, jobs, cache, chat
+    _errors(app)
+    app.mount("/static/videos", StaticFiles(directory=s.videos_dir), name="videos")
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    @app.get("/", include_in_schema=False)
+    def index():
+        return RedirectResponse("/model_training.html")
+
+    for page in PAGES:
+        app.add_api_route(f"/{page}", _page(page), methods=["GET"], include_in_schema=False)
+
+    @app.get("/api/status")
+    def status():
+        return {"workspace": str(s.workspace), "devices": trainer.devices(), "configs": trainer.configs(),
+                "max_upload_mb": s.max_upload_mb, "render_device": cache.device, "chat": chat.status()}
+
+    @app.get("/api/models")
+    def models():
+        return {"models": list_models(ws)}
+
+    @app.get("/api/datasets")
+    def datasets():
+        return {"datasets": trainer.datasets()}
+
+    @app.post("/api/uploads")
+    async def upload(request: Request, kind: str, filename: str = ""):
+        tmp = await uploads.receive(kind, filename, request.stream(), request.headers.get("content-length"))
+        up = await run_in_threadpool(uploads.store, kind, filename, tmp)
+        return up.public()
+
+    @app.get("/api/uploads")
+    def list_uploads(kind: Optional[str] = None):
+        if kind is not None and kind not in KINDS:
+            raise UploadError(f"unknown upload kind {kind!r}: use one of {', '.join(KINDS)}")
+        return {"uploads": [u.public() for u in uploads.list(kind)]}
+
+    @app.post("/api/train")
+    async def train(request: Request):
+        req = _request(TrainRequest, await _json(request))
+        job, created = await run_in_threadpool(trainer.submit, req)
+        return _job_json(job, created)
+
+    @app.post("/api/generate")
+    async def generate(request: Request):
+        req = _request(GenerateRequest, await _json(request))
+        job, created = await run_in_threadpool(generator.submit, req)
+        return _job_json(job, created)
+
+    @app.post("/api/chat")
+    async def chat_turn(request: Request):
+        req = _request(ChatRequest, await _json(request))
+        job, created = await run_in_threadpool(chat.submit, req)
+        return _job_json(job, created)
+
+    @app.get("/api/jobs")
+    def list_jobs(kind: Optional[str] = None):
+        return {"jobs": [_job_json(j) for j in jobs.list(kind)]}
+
+    @app.get("/api/jobs/{job_id}")
+    def get_job(job_id: str):
+        return _job_json(jobs.get(_checked_job_id(job_id)))
+
+    @app.post("/api/jobs/{job_id}/cancel")
+    def cancel_job(job_id: str):
+        return _job_json(jobs.cancel(_checked_job_id(job_id)))
+
+    return app
+
+
+def _import_torchvision_first() -> None:
+    """A training job imports TensorFlow (MediaPipe preprocessing); importing torchvision after TensorFlow in
+    one process crashes it (DESIGN.md, "Measured crash"). The server is one long process that runs every job,
+    so it imports torchvision (used by the optional perceptual loss / LPIPS) first, when it is installed."""
+    import importlib.util
+
+    if importlib.util.find_spec("torchvision") is not None and "tensorflow" not in sys.modules:
+        import torchvision  # noqa: F401
+
+
+def _device(spec: str) -> str:
+    from gaussiantalker.devices import resolve_device
+
+    return str(resolve_device(spec))
+
+
+def _checked_job_id(job_id: str) -> str:
+    if not _JOB_ID.match(job_id):
+        raise JobNotFoundError(f"no job {job_id[:40]!r}")
+    return job_id
+
+
+async def _json(request: Request) -> Any:
+    import json
+
+    body = await request.body()
+    if len(body) > 1 << 20:
+        raise UploadError("request body too large (JSON requests are limited to 1 MiB)", status=413)
+    try:
+        return json.loads(body or b"null")
+    except ValueError:
+        raise ValueError("the request body is not valid JSON") from None
+
+
+def _page(name: str):
+    def page():
+        return FileResponse(STATIC / name, media_type="text/html")
+
+    page.__name__ = name.replace(".", "_")
+    return page
+
+
+def _errors(app: FastAPI) -> None:
+    """Every failure becomes ``{"error": "<one line>"}`` with a fitting status; nothing reaches the client as a
+    traceback and no request can stop the server."""
+
+    @app.exception_handler(UploadError)
+    async def upload_error(request: Request, exc: UploadError):
+        return _error(exc.status, one_line(exc))
+
+    @app.exception_handler(InvalidNameError)
+    async def bad_name(request: Request, exc: InvalidNameError):
+        return _error(400, one_line(exc))
+
+    @app.exception_handler(StageError)
+    async def stage_error(request: Request, exc: StageError):
+        return _error(503, one_line(exc))
+
+    @app.exception_handler(JobNotFoundError)
+    @app.exception_handler(ModelNotFound)
+    @app.exception_handler(FileNotFoundError)
+    async def not_found(request: Request, exc: Exception):
+        return _error(404, one_line(exc))
+
+    @app.exception_handler(ValueError)
+    async def bad_value(request: Request, exc: ValueError):
+        return _error(400, one_line(exc))
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException):
+        text = exc.detail if isinstance(exc.detail, str) else str(exc.status_code)
+        if exc.status_code == 404:
+            text = f"not found: {request.url.path[:100]}"
+        return _error(exc.status_code, one_line(ValueError(text)))
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_request(request: Request, exc: RequestValidationError):
+        parts = ["{}: {}".format(".".join(str(x) for x in e.get("loc", ())[1:]) or "request", e.get("msg", ""))
+                 for e in exc.errors()]
+        return _error(422, one_line(ValueError("; ".join(parts))))
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception):
+        log.exception("unexpected error on %s %s", request.method, request.url.path)
+        return _error(500, f"internal error: {one_line(exc)}")
+
+
+__all__ = ["PAGES", "create_app"]

@@ -1,0 +1,1 @@
+"""Back end of the web application: jobs, uploads, training, video generation and the chat pipeline."""

@@ -1,0 +1,169 @@
+"""Training jobs: ``gaussiantalker.train`` in a background thread, one job per device at a time.
+
+The job's progress is the library's :class:`gaussiantalker.progress.Progress` (the figures the command
+line's progress bar shows: stage, step, iteration, loss, PSNR, points, ETA); the job's log tail gets the
+``gaussiantalker`` log records of its thread and a line per stage change. Cancelling raises from the
+progress callback: the trainer checkpoints first, so a new job for the same model resumes from there.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from gaussiantalker.workspace import Workspace, name_from_path, validate_name
+
+from .jobs import Job, JobContext, JobManager
+from .uploads import UploadError, UploadStore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainRequest:
+    """What the training page submits (``POST /api/train``). Give ``video`` (an upload id) or ``dataset``."""
+
+    video: Optional[str] = None  # id of a "video" upload
+    dataset: Optional[str] = None  # name of a preprocessed dataset in <workspace>/data
+    name: Optional[str] = None  # model name (default: the video's file stem or the dataset's name)
+    device: str = "auto"  # auto, CPU, GPU0, cuda:1
+    iterations: Optional[int] = None  # total iterations (default: the config's)
+    config: Optional[str] = None  # a preset name or the name of a file in <workspace>/webapp/configs
+    au_csv: Optional[str] = None  # id of an "au_csv" upload (with a video)
+
+
+class ModelTrainer:
+    """Validates training requests and runs them as jobs."""
+
+    def __init__(self, workspace: Path, uploads: UploadStore, jobs: JobManager, configs_dir: Path) -> None:
+        self.ws = Workspace.at(workspace)
+        self.uploads, self.jobs, self.configs_dir = uploads, jobs, Path(configs_dir)
+
+    # ------------------------------------------------------------------------------------ listing
+    def configs(self) -> List[str]:
+        """The bundled presets, then the config files placed in ``<workspace>/webapp/configs``."""
+        from gaussiantalker.config import list_presets
+
+        extra = sorted(p.name for p in self.configs_dir.glob("*") if p.suffix in (".py", ".json") and p.is_file())
+        return list(list_presets()) + extra
+
+    def datasets(self) -> List[str]:
+        return self.ws.datasets()
+
+    @staticmethod
+    def devices() -> List[str]:
+        """Device choices as the command line spells them."""
+        import torch
+
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        return ["auto", "CPU"] + [f"GPU{i}" for i in range(n)]
+
+    # ------------------------------------------------------------------------------------ submit
+    def submit(self, req: TrainRequest) -> tuple:
+        """Check ``req`` and queue it. Returns ``(job, created)``; ``created`` is False when the same model is
+        already queued or training (that job is returned; the same request twice never trains twice).
+
+        Raises:
+            UploadError / ValueError (InvalidNameError, bad device or config) / FileNotFoundError.
+        """
+        from gaussiantalker.devices import resolve_device
+
+        if (req.video is None) == (req.dataset is None):
+            raise ValueError("give either an uploaded video or a dataset on the server")
+        if req.iterations is not None and int(req.iterations) <= 0:
+            raise ValueError(f"iterations must be a positive integer, got {req.iterations}")
+        device = str(resolve_device(req.device))
+        au_csv = None
+        if req.video is not None:
+            up = self.uploads.get(req.video, "video")
+            source, label = Path(up.path), f"upload {up.id} ({up.filename})"
+            name = validate_name(req.name) if req.name else name_from_path(up.filename)
+            if req.au_csv:
+                au_csv = self.uploads.get(req.au_csv, "au_csv").path
+        else:
+            if req.au_csv:
+                raise ValueError("an AU csv goes with a video upload; a dataset already has its au.csv")
+            source = self.ws.data_dir(validate_name(req.dataset))
+            if not source.is_dir():
+                have = ", ".join(self.ws.datasets()) or "none"
+                raise FileNotFoundError(f"no dataset {req.dataset!r} on the server (datasets: {have})")
+            label = f"dataset {req.dataset}"
+            name = validate_name(req.name) if req.name else req.dataset
+        config = self._config(req.config)
+        params = {"source": label, "name": name, "device": device, "iterations": req.iterations,
+                  "config": req.config or "64_dim_1_transformer", "au_csv": bool(au_csv)}
+        run = _TrainRun(str(source), name, device, req.iterations, config, au_csv, self.ws.root)
+        job, created = self.jobs.submit("train", f"train:{device}", params, run, key=f"train:{name}")
+        if not created and job.params.get("source") != label:
+            raise ValueError(f"model {name!r} is already being trained by job {job.id} from {job.params['source']}")
+        return job, created
+
+    def jobs_for(self, name: str, active: bool = False) -> List[Job]:
+        return [j for j in self.jobs.list("train") if j.params.get("name") == name
+                and (not active or j.state in ("queued", "running"))]
+
+    def _config(self, config: Optional[str]) -> Optional[str]:
+        """A preset name or a file of the configs folder, as a path/preset string for the library."""
+        if not config:
+            return None
+        from gaussiantalker.config import list_presets
+
+        if config in list_presets():
+            return config
+        validate_name(config)
+        path = self.configs_dir / config
+        if not path.is_file():
+            raise FileNotFoundError(f"no config {config!r} (choose one of: {', '.join(self.configs())})")
+        return str(path)
+
+
+class _TrainRun:
+    """The body of one training job (a callable object so the job records its arguments clearly)."""
+
+    def __init__(self, source: str, name: str, device: str, iterations: Optional[int], config: Optional[str],
+                 au_csv: Optional[str], workspace: Path) -> None:
+        self.source, self.name, self.device, self.iterations = source, name, device, iterations
+        self.config, self.au_csv, self.workspace = config, au_csv, workspace
+
+    def __call__(self, ctx: JobContext) -> Dict[str, Any]:
+        import gaussiantalker
+
+        last = {"stage": None, "logged": 0.0}
+
+        def callback(p) -> None:
+            ctx.check_cancelled()  # raising stops training (it checkpoints first)
+            fields = p.as_dict()
+            ctx.progress(**fields)
+            now = time.monotonic()
+            if (p.stage, p.step) != last["stage"] or now - last["logged"] >= 10.0:
+                last["stage"], last["logged"] = (p.stage, p.step), now
+                ctx.log(_progress_line(fields))
+
+        ctx.log(f"training {self.name} on {self.device} from {Path(self.source).name}")
+        model = gaussiantalker.train(self.source, config=self.config, iterations=self.iterations,
+                                     device=self.device, workspace=self.workspace, name=self.name, progress=False,
+                                     au_csv=self.au_csv, callback=callback)
+        metrics = {k: float(v) for k, v in (model.metrics or {}).items() if isinstance(v, (int, float))}
+        ctx.log(f"finished: {model.name} iteration {model.iteration}")
+        return {"model": model.name, "iteration": int(model.iteration), "metrics": metrics}
+
+
+def _progress_line(p: Dict[str, Any]) -> str:
+    parts = [p.get("stage") or ""]
+    if p.get("step"):
+        parts.append(p["step"])
+    if p.get("total"):
+        parts.append(f"{p.get('iteration', 0)}/{p['total']}")
+    if p.get("loss") is not None:
+        parts.append(f"loss {p['loss']:.4f}")
+    if p.get("eta") is not None:
+        parts.append(f"eta {p['eta']:.0f} s")
+    if p.get("message"):
+        parts.append(p["message"])
+    return " ".join(str(x) for x in parts if x)
+
+
+__all__ = ["ModelTrainer", "TrainRequest", "UploadError"]

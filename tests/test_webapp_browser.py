@@ -1,0 +1,145 @@
+"""The three pages in a real headless Chromium (Debian's ``chromium``, driven by Playwright; no browser
+download): a training job from the page, a generated video that plays, and the chat loop
+ASR -> echo -> TTS -> video from an uploaded wav. Screenshots of the pages are saved as test artefacts
+(``$GT_TEST_ARTIFACTS/webapp`` when set, else a temporary folder whose path is printed)."""
+
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("fastapi", reason="the web app needs fastapi (pip install fastapi uvicorn)")
+pytest.importorskip("uvicorn", reason="the browser tests serve the app with uvicorn")
+sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright (the binding only; "
+                                                             "the browser is Debian's chromium)")
+
+import _webapp_helpers as H  # noqa: E402
+
+from examples.webapp import Settings, create_app  # noqa: E402
+
+if not H.CHROMIUM.is_file():
+    pytest.skip(f"{H.CHROMIUM} is absent (apt-get install chromium)", allow_module_level=True)
+
+TIMEOUT_MS = 60_000
+
+
+@pytest.fixture(scope="module")
+def ws(tmp_path_factory):
+    root = H.make_workspace(tmp_path_factory.mktemp("webapp_browser_ws"))
+    H.write_tiny_config(root / "webapp" / "configs")
+    return root
+
+
+@pytest.fixture(scope="module")
+def server(ws):
+    with pytest.MonkeyPatch.context() as mp:
+        for var in ("GT_LLM_BASE_URL", "GT_LLM_MODEL", "GT_LLM_API_KEY"):
+            mp.delenv(var, raising=False)  # the chat test expects the no-LLM page
+        app = create_app(Settings(workspace=ws, device="cpu"))
+    with H.serve(app) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    with sync_api.sync_playwright() as pw:
+        context = pw.chromium.launch_persistent_context(
+            str(tmp_path_factory.mktemp("chromium_profile")), executable_path=str(H.CHROMIUM), headless=True,
+            args=H.CHROMIUM_ARGS, viewport={"width": 1100, "height": 1000})
+        try:
+            yield context
+        finally:
+            context.close()
+
+
+@pytest.fixture(scope="module")
+def artifacts(tmp_path_factory):
+    folder = H.artifacts_dir(tmp_path_factory)
+    print(f"\nweb app screenshots: {folder}")
+    return folder
+
+
+@pytest.fixture()
+def page(browser):
+    p = browser.new_page()
+    errors = []
+    p.on("pageerror", lambda exc: errors.append(str(exc)))
+    yield p
+    p.close()
+    assert not errors, f"JavaScript errors on the page: {errors}"
+
+
+def _media_ready(page, selector: str) -> None:
+    """Wait until the <video> has decoded its current frame (HAVE_CURRENT_DATA) and has a positive duration."""
+    page.wait_for_function(
+        f"() => {{ const v = document.querySelector('{selector}'); "
+        "return v && v.readyState >= 2 && isFinite(v.duration) && v.duration > 0; }", timeout=TIMEOUT_MS)
+
+
+def test_training_page_runs_a_job_and_keeps_it_across_a_reload(page, server, artifacts):
+    page.goto(f"{server}/model_training.html")
+    page.wait_for_function("() => document.querySelector('#config').options.length > 3")
+    page.check("input[name=source][value=server]")
+    page.select_option("#server-video", "dataset:tiny")
+    page.fill("#name", "from_browser")
+    page.select_option("#device", "CPU")
+    page.select_option("#config", "tiny.json")
+    page.fill("#iterations", "2")
+    page.click("#train-submit")
+    page.wait_for_selector("#jobs tr.selected", timeout=TIMEOUT_MS)
+    page.wait_for_function("() => document.querySelector('#jobs tr.selected td:nth-child(2)').textContent === 'done'",
+                           timeout=TIMEOUT_MS)
+    assert page.text_content("#error") == ""
+    page.reload()
+    page.wait_for_function("() => document.querySelector('#sel-title').textContent.includes('from_browser')",
+                           timeout=TIMEOUT_MS)
+    assert "done" in page.text_content("#sel-status")
+    assert "training from_browser" in page.text_content("#log")
+    page.screenshot(path=str(artifacts / "model_training.png"), full_page=True)
+    # a bad upload: a text file named .mp4 gives one line on the page
+    bad = artifacts / "not_a_video.mp4"
+    bad.write_text("hello\n")
+    page.check("input[name=source][value=upload]")
+    page.set_input_files("#video-file", str(bad))
+    page.click("#train-submit")
+    page.wait_for_function("() => document.querySelector('#error').textContent.length > 0", timeout=TIMEOUT_MS)
+    assert "not an audio or video file" in page.text_content("#error")
+
+
+def test_generation_page_plays_the_rendered_video(page, server, artifacts, tmp_path):
+    audio = H.tone_wav(tmp_path / "speech.wav", 1.2)
+    page.goto(f"{server}/video_generation.html")
+    page.wait_for_function("() => [...document.querySelector('#model').options].some(o => o.value === 'tiny')")
+    page.select_option("#model", "tiny")
+    page.fill("#batch-size", "8")
+    page.set_input_files("#audio-file", str(audio))
+    page.click("#generate")
+    _media_ready(page, "#result")
+    duration = page.evaluate("() => document.querySelector('#result').duration")
+    assert 1.0 < duration < 1.6
+    assert page.get_attribute("#download", "href").startswith("/static/videos/")
+    assert page.text_content("#error") == ""
+    page.screenshot(path=str(artifacts / "video_generation.png"), full_page=True)
+
+
+def test_chat_page_echo_loop_plays_the_reply(page, server, artifacts, tmp_path):
+    if not H.espeak_available():
+        pytest.skip("espeak-ng is absent (apt-get install espeak-ng): the default TTS")
+    speech = H.speech_wav(tmp_path / "question.wav", "hello world how are you today")
+    page.goto(f"{server}/chat_system.html")
+    page.wait_for_function("() => document.querySelector('#mode').options.length > 0")
+    assert "No LLM is configured" in page.text_content("#llm-note")
+    assert page.eval_on_selector("#mode", "s => [...s.options].map(o => o.value)") == ["echo"]
+    page.select_option("#model", "tiny")
+    page.set_input_files("#audio-file", str(speech))
+    page.click("#send")
+    _media_ready(page, "#reply")
+    assert page.text_content("#error") == ""
+    conversation = page.text_content("#conversation")
+    assert "echo - not an LLM" in conversation and "Reply:" in conversation
+    page.wait_for_function("() => document.querySelector('#live').dataset.firstPlayMs !== undefined",
+                           timeout=TIMEOUT_MS)
+    first_play = page.evaluate("() => Number(document.querySelector('#live').dataset.firstPlayMs)")
+    timings = page.text_content("#timings")
+    print(f"\nchat page: first reply piece playing {first_play} ms after send; {timings}")
+    assert first_play > 0
+    page.screenshot(path=str(artifacts / "chat_system.png"), full_page=True)
