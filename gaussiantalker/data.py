@@ -601,29 +601,39 @@ class TalkingHeadData:
     def _decode(self, img_id: int) -> _Record:
         import cv2
 
-        shape = (self.source_height, self.source_width)
         img_path = self.path / "ori_imgs" / f"{img_id}.jpg"
         image = _read_rgb(img_path)
         parsing_path = self.path / "parsing" / f"{img_id}.png"
         parsing = _imread(parsing_path, cv2.IMREAD_COLOR)
+        for p, a in ((img_path, image), (parsing_path, parsing)):
+            self._check_shape(p, a)
+        mask = head_mask_from_parsing(parsing).astype(np.uint8)
+        image = self._resize(image, area=True)
+        mask = self._resize(mask, area=False)
+        bg_torso = self.bg_torso(img_id)
+        lms = _read_lms(self.path / "ori_imgs" / f"{img_id}.lms") * np.array(self.scale)
+        return _Record(image=image, mask=mask, bg_torso=bg_torso, lips=lips_rect(lms, self.height, self.width))
+
+    def bg_torso(self, img_id: int) -> np.ndarray:
+        """``[H, W, 3]`` uint8: frame ``img_id``'s torso layer over the background (reference §3.3), at the working
+        resolution. Decodes only the torso PNG (what rendering needs; :meth:`frame` gives it too)."""
+        import cv2
+
         torso_path = self.path / "torso_imgs" / f"{img_id}.png"
         torso = _imread(torso_path, cv2.IMREAD_UNCHANGED)
-        for p, a in ((img_path, image), (parsing_path, parsing), (torso_path, torso)):
-            if a.shape[:2] != shape:
-                raise DatasetError(f"{p}: is {a.shape[1]}x{a.shape[0]}, the dataset's frames are "
-                                   f"{shape[1]}x{shape[0]} (2·cx x 2·cy of the transforms JSON)")
+        self._check_shape(torso_path, torso)
         if torso.ndim != 3 or torso.shape[2] != 4 or torso.dtype != np.uint8:
             raise DatasetError(f"{torso_path}: expected an 8-bit RGBA PNG (4 channels), got shape {torso.shape} "
                                f"{torso.dtype}")
         torso = cv2.cvtColor(torso, cv2.COLOR_BGRA2RGBA).astype(np.float32) / 255.0
         alpha = torso[..., 3:]
-        bg_torso = torso[..., :3] * alpha + self._background_full * (1.0 - alpha)  # reference §3.3
-        mask = head_mask_from_parsing(parsing).astype(np.uint8)
-        image = self._resize(image, area=True)
-        mask = self._resize(mask, area=False)
-        bg_torso = np.clip(np.round(self._resize(bg_torso, area=True) * 255.0), 0, 255).astype(np.uint8)
-        lms = _read_lms(self.path / "ori_imgs" / f"{img_id}.lms") * np.array(self.scale)
-        return _Record(image=image, mask=mask, bg_torso=bg_torso, lips=lips_rect(lms, self.height, self.width))
+        bg_torso = torso[..., :3] * alpha + self._background_full * (1.0 - alpha)
+        return np.clip(np.round(self._resize(bg_torso, area=True) * 255.0), 0, 255).astype(np.uint8)
+
+    def _check_shape(self, path: Path, array: np.ndarray) -> None:
+        if array.shape[:2] != (self.source_height, self.source_width):
+            raise DatasetError(f"{path}: is {array.shape[1]}x{array.shape[0]}, the dataset's frames are "
+                               f"{self.source_width}x{self.source_height} (2·cx x 2·cy of the transforms JSON)")
 
     def __repr__(self) -> str:
         return (f"TalkingHeadData({str(self.path)!r}, {self.width}x{self.height}, train={len(self.train_ids)}, "

@@ -256,7 +256,7 @@ def _render_and_score(talker, split, ours: _FrameStore, real: _FrameStore, batch
     from tqdm.auto import tqdm
 
     from .data import collate
-    from .infer import _deform_padded, run_batches
+    from .infer import run_batches
     from .metrics import lpips, psnr, ssim
     from .model.types import Conditions
     from .render.rasterize import render_batch
@@ -267,7 +267,7 @@ def _render_and_score(talker, split, ours: _FrameStore, real: _FrameStore, batch
     def one(a: int, b: int):
         batch = collate([split[k] for k in range(a, b)]).to(talker.device)
         with torch.no_grad():
-            g = _deform_padded(talker.model, Conditions(batch.audio, batch.eye, batch.cam))
+            g = talker.model.deform("fine", Conditions(batch.audio, batch.eye, batch.cam))
             image = render_batch(g, batch.cameras, batch.bg_torso).image.clamp(0, 1)
         return image, batch.target
 

@@ -53,7 +53,6 @@ SAMPLE_RATE = 16000
 WINDOW_ROWS = 16  # rows of one audio-feature window
 CONTEXT_BEFORE = 4  # frame k reads the windows of frames k-4 .. k+3
 CONTEXT_AFTER = 3
-PAD_MULTIPLE = 4  # deformation batches are padded to a multiple of this (see _deform_padded)
 
 __all__ = [
     "FeatureKindUnavailableError", "RenderResult", "RenderTimings", "Talker", "is_out_of_memory", "load",
@@ -207,7 +206,7 @@ class Talker:
         splits = {"train": data.split("train"), "val": data.split("val")}
         self.c2w = torch.stack([splits[name].c2w[k] for _, name, k in refs]).float()  # [K, 4, 4]
         self.eye = torch.stack([splits[name].eye[k] for _, name, k in refs]).float()  # [K]
-        self._bg = _BackgroundCache(lambda i: data.frame(self.frame_ids[i]).bg_torso, cache_mb * 2 ** 20)
+        self._bg = _BackgroundCache(lambda i: data.bg_torso(self.frame_ids[i]), cache_mb * 2 ** 20)
 
     @property
     def length(self) -> int:
@@ -252,7 +251,7 @@ class Talker:
         bg = bg.to(self.device)
         t1 = time.perf_counter()
         with torch.no_grad():
-            g = _deform_padded(self.model, cond)
+            g = self.model.deform("fine", cond)  # eval, no autograd: frame by frame, batch-invariant
             _sync(self.device)
             t2 = time.perf_counter()
             out = render_batch(g, cameras, bg)
@@ -532,33 +531,6 @@ def render(model, audio, out: Optional[PathLike] = None, batch_size: int = 128, 
         talker = load(model, iteration=iteration, device=device, workspace=workspace)
     return talker.render(audio, out=out, batch_size=batch_size, pose=pose, progress=progress, paste_back=paste_back,
                          callback=callback)
-
-
-def _deform_padded(model, cond):
-    """``model.deform("fine", cond)`` with the batch padded to a multiple of :data:`PAD_MULTIPLE`.
-
-    Why: BLAS picks other kernels for a matrix product with very few rows (here the condition encoders,
-    one row per frame), and their float sums differ in the last bit from the kernels used for more rows
-    (measured with torch's CPU BLAS: products of 1-3, 5-7 or 9-11 rows differ from bigger ones by up
-    to 4e-7). Padding with copies of the last frame keeps every frame's pixels independent of the batch
-    it is rendered in; the padded frames are dropped before rasterization.
-    """
-    from dataclasses import replace
-
-    from .model.types import Conditions
-
-    b = cond.batch_size
-    pad = (-b) % PAD_MULTIPLE
-    if pad == 0:
-        return model.deform("fine", cond)
-
-    def ext(t: Tensor) -> Tensor:
-        return torch.cat([t, t[-1:].expand(pad, *t.shape[1:])])
-
-    g = model.deform("fine", Conditions(ext(cond.audio), ext(cond.eye), ext(cond.cam)))
-    att = g.attention[:b] if g.attention is not None else None
-    return replace(g, means=g.means[:b], scales=g.scales[:b], rotations=g.rotations[:b], opacities=g.opacities[:b],
-                   shs=g.shs[:b], attention=att)
 
 
 def _paste_target(target: Path) -> Path:

@@ -98,6 +98,11 @@ def test_compositing_formula_with_partial_alpha(ours_copy):
     np.testing.assert_allclose(s.bg_torso.permute(1, 2, 0).numpy(), expect, atol=0.5 / 255 + 1e-6)
     torch.testing.assert_close(s.target, s.image * s.head_mask + s.bg_torso * (1 - s.head_mask))
     assert not torch.equal(s.target, s.image)  # the neck/torso come from the torso layer
+    for res in (None, 32):  # the torso-only decoder (rendering) gives exactly the sample's layer
+        data = TalkingHeadData.open(ours_copy, resolution=res)
+        sample = data.split("train")[3]
+        assert torch.equal(torch.from_numpy(data.bg_torso(sample.img_id)).permute(2, 0, 1).float() / 255,
+                           sample.bg_torso)
 
 
 def test_lazy_and_cached_samples_are_identical_and_the_cache_is_bounded(datasets):

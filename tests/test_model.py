@@ -240,3 +240,24 @@ def test_run_heads_equals_calling_each_head():
         assert torch.allclose(fused[name], seq(x), atol=1e-6), name
     sum(v.sum() for v in fused.values()).backward()  # gradients reach every head
     assert all(p.grad is not None for p in heads.parameters())
+
+
+@pytest.mark.parametrize("n_layer,sh_degree,no_dshs", [(1, 3, False), (2, 1, False), (1, 3, True)])
+def test_inference_blocks_equal_the_batched_training_form(n_layer, sh_degree, no_dshs):
+    """Eval mode without autograd takes the block-by-block path; it must be the same function."""
+    model = make_model(n_layer=n_layer, sh_degree=sh_degree, no_dshs=no_dshs)
+    model.start_fine()
+    _perturb_heads(model)
+    model.eval()
+    model.BLOCK = 70  # several blocks, the last one partial (300 Gaussians)
+    cond = conditions(5)
+    with torch.no_grad():
+        blocks = model.deform("fine", cond)
+    with torch.enable_grad():
+        batched = model.deform("fine", cond)
+    for name in ("means", "scales", "rotations", "opacities", "shs", "attention"):
+        a, b = getattr(blocks, name), getattr(batched, name)
+        assert a.shape == b.shape and torch.allclose(a, b.detach(), atol=1e-5, rtol=1e-5), name
+    with torch.no_grad():  # one frame alone gives exactly that frame of the batch
+        single = model.deform("fine", Conditions(cond.audio[2:3], cond.eye[2:3], cond.cam[2:3]))
+    assert torch.equal(single.means[0], blocks.means[2]) and torch.equal(single.shs[0], blocks.shs[2])

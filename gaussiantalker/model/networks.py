@@ -109,26 +109,33 @@ class CrossAttentionLayer(nn.Module):
         ``Wo (sum_j a_j v_j) = sum_j a_j (Wo v_j)``, so the per-Gaussian work of the attention is a product
         with ``heads x T`` (= 8) columns instead of the ``d x d`` projection (mathematically the same layer).
         """
+        kmat, u = self.token_side(tokens)
+        return self.gaussian_side(x, kmat, u)
+
+    def token_side(self, tokens: Tensor) -> tuple[Tensor, Tensor]:
+        """The per-frame half: ``tokens [B, T, d]`` -> keys ``[B, d, h*T]`` (block-diagonal over heads, scaled
+        by ``1/sqrt(hd)``) and values through the output projection ``[B, h*T, d]``."""
         b, t, d = tokens.shape
         h, hd = self.n_head, d // self.n_head
-        q = self.q(x)  # [N, d] or [B, N, d]: a shared query is projected once
-        if q.ndim == 2:
-            q = q.unsqueeze(0)
-        n = q.shape[1]
-        k = self.k(tokens).view(b, t, h, hd)  # [B, T, h, hd]
+        k = self.k(tokens).view(b, t, h, hd)
         v = self.v(tokens).view(b, t, h, hd)
-        # Keys as one block-diagonal matrix [B, d, h*T]: column (i, j) holds head i's key of token j.
-        eye = torch.eye(h, dtype=k.dtype, device=k.device)  # [h, h]
+        eye = torch.eye(h, dtype=k.dtype, device=k.device)
         kmat = torch.einsum("btic,ig->bicgt", k, eye).reshape(b, d, h * t) / math.sqrt(hd)
-        logits = (q @ kmat).view(-1, n, h, t)  # [B, N, h, T] (a shared query broadcasts)
-        att = torch.softmax(logits, dim=-1)
-        # Each head's value tokens through its slice of the output projection: [B, h*T, d].
-        wo = self.o.weight.view(d, h, hd)  # [d_out, h, hd]
-        u = torch.einsum("btic,oic->bito", v, wo).reshape(b, h * t, d)
-        out = att.reshape(att.shape[0], n, h * t) @ u + self.o.bias  # [B, N, d]
+        u = torch.einsum("btic,oic->bito", v, self.o.weight.view(d, h, hd)).reshape(b, h * t, d)
+        return kmat, u
+
+    def gaussian_side(self, x: Tensor, kmat: Tensor, u: Tensor, q: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """The per-Gaussian half: ``x [B, N, d]`` or ``[N, d]`` with ``kmat [B, d, h*T]`` / ``u [B, h*T, d]``
+        (or one frame's ``[d, h*T]`` / ``[h*T, d]`` with ``x [N, d]``); ``q``: ``self.q(x)`` if already known.
+        Returns the new features and the attention ``[..., N, T]`` averaged over heads."""
+        h, ht = self.n_head, kmat.shape[-1]
+        q = self.q(x) if q is None else q
+        logits = q @ kmat  # [B, N, h*T] (a shared query broadcasts over the frames)
+        att = torch.softmax(logits.unflatten(-1, (h, ht // h)), dim=-1)  # [..., N, h, T]
+        out = att.flatten(-2) @ u + self.o.bias  # [..., N, d]
         x = self.norm1(x + self.drop1(out))  # a shared x broadcasts to [B, N, d]
         x = self.norm2(x + self.drop2(self.ffn(x)))
-        return x, att.mean(2)
+        return x, att.mean(-2)
 
 
 class SpatialAudioAttention(nn.Module):
@@ -176,23 +183,28 @@ def head(d_in: int, hidden: int, k: int) -> nn.Sequential:
     return nn.Sequential(nn.ReLU(), nn.Linear(d_in, hidden), nn.ReLU(), nn.Linear(hidden, k))
 
 
-def run_heads(heads: nn.ModuleDict, x: Tensor) -> dict[str, Tensor]:
+def fuse_heads(heads: nn.ModuleDict) -> tuple[list[str], Tensor, Tensor]:
+    """The first layers of every :func:`head` of ``heads`` stacked: names, ``W1 [H * hidden, d_in]``, ``b1``."""
+    names = list(heads)
+    firsts = [heads[k][1] for k in names]
+    return names, torch.cat([f.weight for f in firsts]), torch.cat([f.bias for f in firsts])
+
+
+def run_heads(heads: nn.ModuleDict, x: Tensor, fused: tuple | None = None) -> dict[str, Tensor]:
     """Every :func:`head` of ``heads`` on the same input ``x [..., d_in]``: ``{name: [..., k]}``.
 
     The same function as calling each head, computed as one product for all first layers (one ReLU of
     ``x``, one ``[M, d_in] x [d_in, heads * hidden]`` matrix product instead of five small ones) and then
-    each second layer on its slice of the hidden features.
+    each second layer on its slice of the hidden features. ``fused``: :func:`fuse_heads` of ``heads``, when
+    the caller runs them many times.
     """
-    names = list(heads)
-    if not names:
+    if not len(heads):
         return {}
-    firsts = [heads[k][1] for k in names]
-    w1 = torch.cat([f.weight for f in firsts])  # [H * hidden, d_in]
-    b1 = torch.cat([f.bias for f in firsts])
+    names, w1, b1 = fused if fused is not None else fuse_heads(heads)
     hidden = torch.relu(nn.functional.linear(torch.relu(x), w1, b1))  # [..., H * hidden]
     out, start = {}, 0
-    for name, first in zip(names, firsts):
-        width = first.out_features
+    for name in names:
+        width = heads[name][1].out_features
         out[name] = heads[name][3](hidden[..., start:start + width])
         start += width
     return out
@@ -203,6 +215,7 @@ __all__ = [
     "CrossAttentionLayer",
     "EyeEncoder",
     "SpatialAudioAttention",
+    "fuse_heads",
     "head",
     "init_linear",
     "run_heads",

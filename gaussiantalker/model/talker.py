@@ -24,6 +24,7 @@ from .networks import (
     AudioEncoder,
     EyeEncoder,
     SpatialAudioAttention,
+    fuse_heads,
     head,
     init_linear,
     mlp,
@@ -256,6 +257,8 @@ class GaussianTalkerModel(nn.Module):
         if cond.audio.shape[-1] != self.audio_dim:
             raise ValueError(f"audio features have dimension {cond.audio.shape[-1]}, the model was trained "
                              f"on {self.audio_dim}")
+        if not self.training and not torch.is_grad_enabled():
+            return self._deform_blocks(cond, sh_degree)
         b, n = cond.batch_size, self.num_points
         tokens = self.encode_conditions(cond)
         h, attention = self.attention(self.triplane_features(), tokens)  # [B, N, d], [B, L, N, 4]
@@ -272,6 +275,53 @@ class GaussianTalkerModel(nn.Module):
             opacity = opacity + heads["do"]
         if "dshs" in heads:
             shs = shs + heads["dshs"].view(b, n, 16, 3)[:, :, : shs.shape[1]]
+        return _activate(xyz, scaling, rotation, opacity, shs, sh_degree, attention, b)
+
+    #: Gaussians per block in :meth:`_deform_blocks` (rows of its matrix products; their intermediates, up to
+    #: ``block x 640`` floats, stay in the CPU's cache instead of streaming ``B x N x 640`` through memory).
+    BLOCK = 8192
+
+    def _deform_blocks(self, cond: Conditions, sh_degree: int) -> GaussianBatch:
+        """The fine-stage deformation for inference (no autograd, eval mode): the same function as the batched
+        form, computed frame by frame over blocks of Gaussians. Faster on a CPU (cache-sized products, no
+        ``[B, N, 640]`` intermediates), and each frame's pixels do not depend on the batch it is rendered in
+        (every product has the same shape whatever B is)."""
+        b, n = cond.batch_size, self.num_points
+        layers = list(self.attention.layers)
+        # Frame by frame also for the condition encoders: matrix kernels for a handful of rows round differently
+        # for different row counts, so a batched encoder would make a frame's pixels depend on its batch.
+        sides = []  # per frame, per layer: keys [1, d, 8], values [1, 8, d]
+        for i in range(b):
+            tokens = self.encode_conditions(Conditions(cond.audio[i:i + 1], cond.eye[i:i + 1], cond.cam[i:i + 1]))
+            sides.append([layer.token_side(tokens) for layer in layers])
+        feats = self.triplane_features()  # [N, d]
+        heads = self.offset_heads
+        fused = fuse_heads(heads) if len(heads) else None
+        k = (self.max_sh_degree + 1) ** 2
+        xyz = self.xyz.unsqueeze(0).repeat(b, 1, 1)  # [B, N, 3]: the canonical values, offsets added below
+        scaling = self.scaling.unsqueeze(0).repeat(b, 1, 1)
+        rotation = self.rotation.unsqueeze(0).repeat(b, 1, 1)
+        opacity = self.opacity.unsqueeze(0).repeat(b, 1, 1)
+        shs = torch.cat([self.features_dc, self.features_rest], dim=1).unsqueeze(0).repeat(b, 1, 1, 1)
+        attention = xyz.new_empty(b, len(layers), n, 4)  # [B, L, N, 4 tokens]
+        targets = {"dx": xyz, "ds": scaling, "dr": rotation, "do": opacity}
+        for s in range(0, n, self.BLOCK):
+            e = min(s + self.BLOCK, n)
+            x0 = feats[s:e]
+            q0 = layers[0].q(x0) if layers else None  # the first layer's query is shared by the frames
+            for i in range(b):
+                x = x0
+                for li, (layer, (kmat, u)) in enumerate(zip(layers, sides[i])):
+                    x, att = layer.gaussian_side(x, kmat[0], u[0], q0 if li == 0 else None)
+                    attention[i, li, s:e] = att
+                if fused is None:
+                    continue
+                out = run_heads(heads, x, fused)
+                for name, target in targets.items():
+                    if name in out:
+                        target[i, s:e] += out[name]
+                if "dshs" in out:
+                    shs[i, s:e] += out["dshs"].view(e - s, 16, 3)[:, :k]
         return _activate(xyz, scaling, rotation, opacity, shs, sh_degree, attention, b)
 
     def train(self, mode: bool = True) -> GaussianTalkerModel:
