@@ -162,6 +162,17 @@ def test_batch_size_does_not_change_pixels(audio_talker):
     assert np.array_equal(a, b)
 
 
+@pytest.mark.gpu
+def test_batch_size_does_not_change_pixels_on_cuda(tmp_path_factory):
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    talker = load(audio_model(tmp_path_factory), device="cuda")
+    samples = _dataset_audio(talker)[: 16000]
+    a = np.stack(list(talker.frames(samples, batch_size=1)))
+    b = np.stack(list(talker.frames(samples, batch_size=7)))
+    assert np.array_equal(a, b)
+
+
 def test_stream_equals_offline(audio_talker):
     talker = audio_talker
     samples = _dataset_audio(talker)
