@@ -138,7 +138,8 @@ def main() -> None:
                       + "  ".join(f"{k} {100 * v:4.1f}%" for k, v in sh.items()), flush=True)
             streams[dev] = bench_stream(talker, args.stream_seconds, batch_size=8)
             s = streams[dev]
-            print(f"{dev:5s} stream: {s['realtime_factor']:.2f}x real time, compute latency median "
+            print(f"{dev:5s} stream: computing takes {s['realtime_factor']:.2f}x the audio's duration, "
+                  f"compute latency median "
                   f"{s['compute_latency_median_s']:.3f} s (p95 {s['compute_latency_p95_s']:.3f} s) + look-ahead "
                   f"{s['algorithmic_lookahead_s']:.4f} s")
             del talker
@@ -150,7 +151,7 @@ def main() -> None:
                     "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
                     "loadavg_before": [round(x, 2) for x in load_before],
                     "loadavg_after": [round(x, 2) for x in os.getloadavg()]},
-        "rows": rows, "stream": streams,
+        "rows": rows, "stream": streams, "peak_rss_gb": _peak_rss_gb(),
         "goal_cpu_fps": GOAL_CPU_FPS, "cpu_best_fps": cpu_best,
         "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
@@ -159,8 +160,16 @@ def main() -> None:
 
     text = json.dumps(result, indent=2) + "\n"
     atomic_write(args.out, lambda p: p.write_text(text))
-    print(f"load average before/after: {result['machine']['loadavg_before']} / {result['machine']['loadavg_after']}")
+    print(f"load average before/after: {result['machine']['loadavg_before']} / {result['machine']['loadavg_after']}; "
+          f"peak RSS {result['peak_rss_gb']} GB")
     print(f"wrote {args.out}")
+
+
+def _peak_rss_gb() -> float:
+    """Peak resident memory of this process so far (Linux reports kilobytes)."""
+    import resource
+
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20, 2)
 
 
 if __name__ == "__main__":
