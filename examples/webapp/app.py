@@ -239,23 +239,16 @@ def _errors(app: FastAPI) -> None:
     async def upload_error(request: Request, exc: UploadError):
         return _error(exc.status, one_line(exc))
 
-    @app.exception_handler(InvalidNameError)
-    async def bad_name(request: Request, exc: InvalidNameError):
-        return _error(400, one_line(exc))
+    def status_of(status: int):
+        async def handler(request: Request, exc: Exception):
+            return _error(status, one_line(exc))
 
-    @app.exception_handler(StageError)
-    async def stage_error(request: Request, exc: StageError):
-        return _error(503, one_line(exc))
+        return handler
 
-    @app.exception_handler(JobNotFoundError)
-    @app.exception_handler(ModelNotFound)
-    @app.exception_handler(FileNotFoundError)
-    async def not_found(request: Request, exc: Exception):
-        return _error(404, one_line(exc))
-
-    @app.exception_handler(ValueError)
-    async def bad_value(request: Request, exc: ValueError):
-        return _error(400, one_line(exc))
+    # Starlette picks the handler of the most specific class in the exception's MRO.
+    for exc_type, status in ((InvalidNameError, 400), (StageError, 503), (JobNotFoundError, 404),
+                             (ModelNotFound, 404), (FileNotFoundError, 404), (ValueError, 400)):
+        app.add_exception_handler(exc_type, status_of(status))
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException):
