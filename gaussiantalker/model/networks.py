@@ -196,7 +196,7 @@ def run_heads(heads: nn.ModuleDict, x: Tensor, fused: tuple | None = None) -> di
     The same function as calling each head, computed as one product for all first layers (one ReLU of
     ``x``, one ``[M, d_in] x [d_in, heads * hidden]`` matrix product instead of five small ones) and then
     each second layer on its slice of the hidden features. ``fused``: :func:`fuse_heads` of ``heads``, when
-    the caller runs them many times.
+    the caller runs them many times. For inference: under autograd the slices' backward is slow.
     """
     if not len(heads):
         return {}

@@ -264,7 +264,9 @@ class GaussianTalkerModel(nn.Module):
         h, attention = self.attention(self.triplane_features(), tokens)  # [B, N, d], [B, L, N, 4]
         shs = torch.cat([self.features_dc, self.features_rest], dim=1)
         xyz, scaling, rotation, opacity = self.xyz, self.scaling, self.rotation, self.opacity
-        heads = run_heads(self.offset_heads, h)
+        # Each head on its own here: with autograd, the backward of slices of one fused product would allocate
+        # the whole [B, N, 5 x 128] gradient once per head (training measured 1.6x slower per step).
+        heads = {name: seq(h) for name, seq in self.offset_heads.items()}
         if "dx" in heads:
             xyz = xyz + heads["dx"]
         if "ds" in heads:
