@@ -202,7 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="gaussiantalker-demo", metavar="DIR",
                    help="demo folder (default ./gaussiantalker-demo)")
     p.add_argument("--seconds", type=_positive_float, default=8.0, help="length of the generated video (default 8)")
-    p.add_argument("--iterations", type=_positive_int, metavar="N", help="training iterations (default: cpu_small's)")
+    p.add_argument("--iterations", type=_positive_int, metavar="N",
+                   help="fine-stage training iterations (default 600; the coarse stage keeps cpu_small's 1000)")
     _add_gpu(p)
     return parser
 
@@ -540,7 +541,7 @@ def _plan_evaluate(args, ws: Workspace, name: str) -> int:
 
 
 def _plan_demo(args) -> int:
-    from .demo import DEMO_NAME
+    from .demo import DEMO_ITERATIONS, DEMO_NAME
 
     out = Path(args.out)
     ws = Workspace.at(out / "workspace")
@@ -551,7 +552,8 @@ def _plan_demo(args) -> int:
          [str(out / f"{DEMO_NAME}.mp4")], ()),
         ("make the novel speech", "", [], [str(out / "speech_novel.wav")], ()),
         ("preprocess", "", [str(out / f"{DEMO_NAME}.mp4")], [str(data)], ()),
-        ("train", f"cpu_small, {args.iterations or 'its'} iterations", [str(data)], [str(model)], ()),
+        ("train", f"cpu_small, 1000 coarse + {args.iterations or DEMO_ITERATIONS} fine iterations", [str(data)],
+         [str(model)], ()),
         ("render", "", [str(out / "speech_novel.wav"), str(model)], [str(model / "renders" / "output.mp4")], ()),
         ("evaluate", "", [str(model)], [str(model / "metrics.json"), str(model / "report.html")], ()),
     ]
