@@ -81,8 +81,9 @@ def test_run_demo_end_to_end(tmp_path, capsys):
     """The whole demo at reduced length: a 2.4 s video, a few training iterations."""
     from gaussiantalker.config import load_config
 
-    config = load_config("cpu_small", coarse_iterations=20, iterations=10)
-    result = demo.run_demo(tmp_path / "demo", seconds=2.4, device="cpu", progress=True, config=config)
+    config = load_config("cpu_small", coarse_iterations=20)
+    result = demo.run_demo(tmp_path / "demo", seconds=2.4, iterations=10, device="cpu", progress=True,
+                           config=config)
     out = capsys.readouterr().out
     assert str(result.render.path) in out and "evaluation report" in out
     info = probe(result.render.path)
