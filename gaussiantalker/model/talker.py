@@ -44,6 +44,8 @@ GAUSSIAN_PARAMS = ("xyz", "features_dc", "features_rest", "opacity", "scaling", 
 OFFSET_HEADS = {"dx": 3, "ds": 3, "dr": 4, "do": 1, "dshs": 48}
 _HEAD_FLAG = {"dx": "no_dx", "ds": "no_ds", "dr": "no_dr", "do": "no_do", "dshs": "no_dshs"}
 _FACTOR_DIM = {"scales": 3, "rotations": 4, "opacity": 1, "shs": 48}
+#: The offset heads added to a per-Gaussian parameter as they are ("dshs" is reshaped to the SH layout).
+_OFFSET_TARGET = {"dx": "xyz", "ds": "scaling", "dr": "rotation", "do": "opacity"}
 STAGES = ("coarse", "fine")
 
 
@@ -263,21 +265,17 @@ class GaussianTalkerModel(nn.Module):
         tokens = self.encode_conditions(cond)
         h, attention = self.attention(self.triplane_features(), tokens)  # [B, N, d], [B, L, N, 4]
         shs = torch.cat([self.features_dc, self.features_rest], dim=1)
-        xyz, scaling, rotation, opacity = self.xyz, self.scaling, self.rotation, self.opacity
+        attrs = {name: getattr(self, name) for name in _OFFSET_TARGET.values()}
         # Each head on its own here: with autograd, the backward of slices of one fused product would allocate
         # the whole [B, N, 5 x 128] gradient once per head (training measured 1.6x slower per step).
         heads = {name: seq(h) for name, seq in self.offset_heads.items()}
-        if "dx" in heads:
-            xyz = xyz + heads["dx"]
-        if "ds" in heads:
-            scaling = scaling + heads["ds"]
-        if "dr" in heads:
-            rotation = rotation + heads["dr"]
-        if "do" in heads:
-            opacity = opacity + heads["do"]
+        for head_name, attr in _OFFSET_TARGET.items():
+            if head_name in heads:
+                attrs[attr] = attrs[attr] + heads[head_name]
         if "dshs" in heads:
             shs = shs + heads["dshs"].view(b, n, 16, 3)[:, :, : shs.shape[1]]
-        return _activate(xyz, scaling, rotation, opacity, shs, sh_degree, attention, b)
+        return _activate(attrs["xyz"], attrs["scaling"], attrs["rotation"], attrs["opacity"], shs, sh_degree,
+                         attention, b)
 
     #: Gaussians per block in :meth:`_deform_blocks` (rows of its matrix products; their intermediates, up to
     #: ``block x 640`` floats, stay in the CPU's cache instead of streaming ``B x N x 640`` through memory).
@@ -299,14 +297,11 @@ class GaussianTalkerModel(nn.Module):
         feats = self.triplane_features()  # [N, d]
         heads = self.offset_heads
         fused = fuse_heads(heads) if len(heads) else None
-        k = (self.max_sh_degree + 1) ** 2
-        xyz = self.xyz.unsqueeze(0).repeat(b, 1, 1)  # [B, N, 3]: the canonical values, offsets added below
-        scaling = self.scaling.unsqueeze(0).repeat(b, 1, 1)
-        rotation = self.rotation.unsqueeze(0).repeat(b, 1, 1)
-        opacity = self.opacity.unsqueeze(0).repeat(b, 1, 1)
+        # [B, N, ...]: the canonical values, the offsets added block by block below
+        attrs = {name: getattr(self, name).unsqueeze(0).repeat(b, 1, 1) for name in _OFFSET_TARGET.values()}
         shs = torch.cat([self.features_dc, self.features_rest], dim=1).unsqueeze(0).repeat(b, 1, 1, 1)
-        attention = xyz.new_empty(b, len(layers), n, 4)  # [B, L, N, 4 tokens]
-        targets = {"dx": xyz, "ds": scaling, "dr": rotation, "do": opacity}
+        k = shs.shape[2]  # SH coefficients kept
+        attention = shs.new_empty(b, len(layers), n, 4)  # [B, L, N, 4 tokens]
         # On a GPU one block of all Gaussians per frame: the products are big enough, and fewer launches.
         block = self.BLOCK if self.xyz.device.type == "cpu" else max(n, 1)
         for s in range(0, n, block):
@@ -321,12 +316,13 @@ class GaussianTalkerModel(nn.Module):
                 if fused is None:
                     continue
                 out = run_heads(heads, x, fused)
-                for name, target in targets.items():
-                    if name in out:
-                        target[i, s:e] += out[name]
+                for head_name, attr in _OFFSET_TARGET.items():
+                    if head_name in out:
+                        attrs[attr][i, s:e] += out[head_name]
                 if "dshs" in out:
                     shs[i, s:e] += out["dshs"].view(e - s, 16, 3)[:, :k]
-        return _activate(xyz, scaling, rotation, opacity, shs, sh_degree, attention, b)
+        return _activate(attrs["xyz"], attrs["scaling"], attrs["rotation"], attrs["opacity"], shs, sh_degree,
+                         attention, b)
 
     def train(self, mode: bool = True) -> GaussianTalkerModel:
         self._cache = None
