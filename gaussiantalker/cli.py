@@ -541,7 +541,10 @@ def _plan_evaluate(args, ws: Workspace, name: str) -> int:
 
 
 def _plan_demo(args) -> int:
+    from .config import load_config
     from .demo import DEMO_ITERATIONS, DEMO_NAME
+
+    coarse = load_config("cpu_small").optimization.coarse_iterations
 
     out = Path(args.out)
     ws = Workspace.at(out / "workspace")
@@ -552,7 +555,7 @@ def _plan_demo(args) -> int:
          [str(out / f"{DEMO_NAME}.mp4")], ()),
         ("make the novel speech", "", [], [str(out / "speech_novel.wav")], ()),
         ("preprocess", "", [str(out / f"{DEMO_NAME}.mp4")], [str(data)], ()),
-        ("train", f"cpu_small, 1000 coarse + {args.iterations or DEMO_ITERATIONS} fine iterations", [str(data)],
+        ("train", f"cpu_small, {coarse} coarse + {args.iterations or DEMO_ITERATIONS} fine iterations", [str(data)],
          [str(model)], ()),
         ("render", "", [str(out / "speech_novel.wav"), str(model)], [str(model / "renders" / "output.mp4")], ()),
         ("evaluate", "", [str(model)], [str(model / "metrics.json"), str(model / "report.html")], ()),

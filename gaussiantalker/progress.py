@@ -9,11 +9,8 @@ a caller cancels a job.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import asdict, dataclass
 from typing import Any, Callable, Dict, Optional
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)

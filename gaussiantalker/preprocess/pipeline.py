@@ -156,8 +156,7 @@ def preprocess(
         def on_step(step, status) -> None:
             bar.set_postfix_str(step.name)
             if callback is not None:
-                i = [s.name for s in steps].index(step.name)
-                callback(Progress(stage="preprocess", step=step.name, iteration=i, total=len(steps),
+                callback(Progress(stage="preprocess", step=step.name, iteration=steps.index(step), total=len(steps),
                                   elapsed=time.perf_counter() - start, message=f"{step.name}: {status.reason}"))
 
         records = run_steps(steps, ctx, on_step=on_step)
