@@ -268,13 +268,15 @@ class Talker:
         return self.compose(audio, eye, c2w, bg, tm).image
 
     def compose(self, audio: Tensor, eye: Tensor, c2w: Tensor, background: Tensor,
-                timings: Optional[RenderTimings] = None) -> Composite:
+                timings: Optional[RenderTimings] = None, lips: Optional[Tensor] = None) -> Composite:
         """Render B frames from their conditions and composite them over their backgrounds.
 
         Args:
             audio: ``[B, 8, 16, D]`` audio-feature windows (see :func:`gaussiantalker.data.audio_context`).
             eye: ``[B]`` blink in [0, 1]. c2w: ``[B, 4, 4]`` camera-to-world (scene units).
             background: ``[B, 3, height, width]`` torso-over-background images at the output size.
+            lips: ``[B, K]`` lip codes to use instead of the ones predicted from the audio (lip-code models; e.g.
+                the tracked codes, to see what the renderer alone makes of them).
         Returns:
             :class:`Composite`: ``image [B, 3, height, width]`` and the head's ``alpha [B, 1, height, width]``.
         """
@@ -287,7 +289,7 @@ class Talker:
         t0 = time.perf_counter()
         cam = camera_condition(c2w.double()).float()  # as the dataset computes it
         cameras = cameras_from_transforms(c2w.to(self.device), self.focal, self.render_width, self.render_height)
-        cond = Conditions(audio, eye.reshape(-1, 1).float(), cam).to(self.device)
+        cond = Conditions(audio, eye.reshape(-1, 1).float(), cam, lips).to(self.device)
         bg = background.to(self.device)
         upsample = (self.render_width, self.render_height) != (self.width, self.height)
         # A smaller head render goes over an empty (zero) background: its pixels are then the premultiplied
