@@ -270,6 +270,43 @@ def test_design_test_mode_lines_touch_nothing(tmp_path):
     assert snapshot(tmp_path) == before
 
 
+def test_design_test_mode_lines_on_a_fresh_machine(tmp_path):
+    """The wrapper's own TEST_MODE=1 examples, unchanged, where neither the inputs nor the model exist:
+    a dry run tests the logic, so it prints every step and path, names what is missing, and exits 0."""
+    for line, expect_missing, expect_steps in (
+        (DESIGN_LINES[7], ["audio file test.wav does not exist", "model 'test' not found"],
+         ["audio features", "render", "GaussianTalker/output/test/renders/output.mp4"]),
+        (DESIGN_LINES[6], ["video or dataset folder test.mp4 does not exist"],
+         ["preprocess: frames", "preprocess: tracking", "GaussianTalker/data/test/track_params.pt", "train",
+          "GaussianTalker/output/test/checkpoints/chkpnt_<k>.pth"]),
+    ):
+        env, argv = _argv(line)
+        r = run_cli(*argv, cwd=tmp_path, env=env)
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert "dry run (TEST_MODE=1)" in r.stdout
+        for text in expect_steps:
+            assert text in r.stdout, (text, r.stdout)
+        missing = [ln.strip() for ln in r.stdout.splitlines() if ln.strip().startswith("missing: ")]
+        assert len(missing) == len(expect_missing), r.stdout
+        for text, ln in zip(expect_missing, missing):
+            assert text in ln, (text, ln)
+        assert not r.stderr.strip(), r.stderr
+        assert os.listdir(tmp_path) == []
+    # with every input present it says so
+    (tmp_path / "test.wav").write_bytes(b"RIFF")
+    _model_folder(tmp_path, "test")
+    env, argv = _argv(DESIGN_LINES[7])
+    r = run_cli(*argv, cwd=tmp_path, env=env)
+    assert r.returncode == 0 and "inputs: all present" in r.stdout and "missing:" not in r.stdout
+
+
+def test_dry_run_step_table_matches_the_pipeline():
+    """The steps a dry run lists when the video is missing are the pipeline's steps, in its order."""
+    from gaussiantalker.preprocess.stages import make_steps
+
+    assert [name for name, _, _ in cli._PREPROCESS_STEPS] == [s.name for s in make_steps()]
+
+
 def test_dry_run_every_command_touches_nothing(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("TEST_MODE", raising=False)
@@ -295,11 +332,12 @@ def test_dry_run_every_command_touches_nothing(tmp_path, monkeypatch, capsys):
     # a dry run resumes from what is there and says so
     assert cli.main(["train", "--video_path", "v.mp4", "--name", "m", "--dry-run"]) == 0
     assert "resume from iteration 20" in capsys.readouterr().out
-    # and fails like the real run on what is missing
-    assert cli.main(["infer", "--model_dir", "m", "--audio_path", "a.wav", "--iteration", "99", "--dry-run"]) == 1
-    assert "10, 20" in one_error_line(capsys.readouterr().err)
-    assert cli.main(["infer", "--model_dir", "zz", "--audio_path", "a.wav", "--dry-run"]) == 1
-    capsys.readouterr()
+    # and names what a real run would miss, still exiting 0 (it tests the plan, not the files)
+    assert cli.main(["infer", "--model_dir", "m", "--audio_path", "a.wav", "--iteration", "99", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "missing: model 'm' has no iteration 99 (saved: 10, 20)" in out and "inputs missing (1)" in out
+    assert cli.main(["infer", "--model_dir", "zz", "--audio_path", "a.wav", "--dry-run"]) == 0
+    assert "missing: model 'zz' not found" in capsys.readouterr().out
     monkeypatch.setenv("TEST_MODE", "1")
     assert cli.main(["evaluate", "--model_dir", "m"]) == 0
     assert "TEST_MODE=1" in capsys.readouterr().out
@@ -312,3 +350,66 @@ def test_logging_handler_is_removed():
     before = list(logging.getLogger("gaussiantalker").handlers)
     cli.main(["assets", "--dir", "/nonexistent-asset-dir"])
     assert logging.getLogger("gaussiantalker").handlers == before
+
+
+# --------------------------------------------------------------------------------------------------
+# native libraries' log chatter stays off the terminal unless --verbose
+
+
+def test_native_log_filter_drops_chatter_and_keeps_the_rest(tmp_path):
+    """C++-style lines written to descriptor 2 are filtered; Python's stderr and other lines pass."""
+    code = (
+        "import os, sys\n"
+        "from gaussiantalker.nativelog import quiet_native_logs\n"
+        "with quiet_native_logs():\n"
+        "    assert os.environ['TF_CPP_MIN_LOG_LEVEL'] == '3'\n"
+        "    os.write(2, b'INFO: Created TensorFlow Lite XNNPACK delegate for CPU.\\n')\n"
+        "    os.write(2, b'WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\\n')\n"
+        "    os.write(2, b'W0000 00:00:1796484307.690295   11533 inference_feedback_manager.cc:114] Feedback\\n')\n"
+        "    os.write(2, b'2026-12-05 15:25:05.492262: I tensorflow/core/util/port.cc:153] oneDNN custom ops\\n')\n"
+        "    os.write(2, b'E0000 00:00:1.5  7 graph.cc:9] a native error\\nsomething else native\\n')\n"
+        "    sys.stderr.write('python line\\n')\n"
+        "os.write(2, b'after the block\\n')\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", "GLOG_minloglevel")}
+    env["PYTHONPATH"] = str(REPO)
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert sorted(r.stderr.splitlines()) == sorted(["E0000 00:00:1.5  7 graph.cc:9] a native error",
+                                                    "something else native", "python line", "after the block"])
+
+
+def _faceless_video(path: Path) -> Path:
+    import imageio_ffmpeg
+
+    subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-loglevel", "error", "-y", "-f", "lavfi", "-i",
+                    "testsrc=size=160x160:rate=25", "-f", "lavfi", "-i", "sine=frequency=300:sample_rate=16000",
+                    "-t", "3", "-c:v", "libx264", "-pix_fmt", "yuv420p", "-c:a", "aac", str(path)],
+                   check=True, timeout=60)
+    return path
+
+
+def _shown(stderr: str) -> list:
+    """The stderr lines a terminal shows at the end (a progress bar's \\r updates collapse to the last)."""
+    return [ln.rsplit("\r", 1)[-1].strip() for ln in stderr.split("\n") if ln.rsplit("\r", 1)[-1].strip()]
+
+
+def test_a_video_without_a_face_fails_in_one_line(tmp_path):
+    """No TensorFlow / MediaPipe chatter, no step-status lines: the progress bar and the one-line error."""
+    from gaussiantalker.nativelog import is_chatter
+
+    video = _faceless_video(tmp_path / "noface.mp4")
+    r = run_cli("train", "--video_path", str(video), "--gpu", "CPU", cwd=tmp_path, timeout=300)
+    assert r.returncode == 1, r.stderr
+    shown = _shown(r.stderr)
+    error = one_error_line(r.stderr)
+    assert "no face" in error
+    bars = [ln for ln in shown if ln.startswith("preprocess noface:") and "%|" in ln]
+    others = [ln for ln in shown if ln not in bars and ln != error]
+    assert len(others) <= 1, shown  # at most one hint line
+    assert not any(is_chatter(ln) for ln in r.stderr.splitlines()), r.stderr
+    # --verbose shows them (so the run above did meet native chatter and the filter removed it)
+    r = run_cli("train", "--video_path", str(video), "--gpu", "CPU", "--verbose", cwd=tmp_path, timeout=300)
+    assert r.returncode == 1
+    assert any(is_chatter(ln) for ln in r.stderr.splitlines()), r.stderr
+    assert "step crop: running" in r.stderr  # the step-status lines are debug messages
