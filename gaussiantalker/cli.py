@@ -101,6 +101,26 @@ def _add_gpu(p: argparse.ArgumentParser) -> None:
                    help="GPU0, GPU1, ..., CPU, cuda:<n> or auto (default: the first GPU, else the CPU)")
 
 
+LANDMARK_BACKENDS = ("auto", "mediapipe", "dlib", "face-alignment")
+AUDIO_FEATURES = ("auto", "mfcc", "deepspeech", "hubert")
+
+
+def _add_backends(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--landmarks", choices=LANDMARK_BACKENDS, default="auto",
+                   help="landmark backend (default auto = mediapipe; dlib and face-alignment need their "
+                        "package and model files, see `gaussiantalker assets`)")
+    p.add_argument("--audio_features", "--audio-features", choices=AUDIO_FEATURES, default="auto",
+                   help="speech features (default auto: deepspeech when its graph is in the asset folder, "
+                        "else mfcc; deepspeech is what the original GaussianTalker trains on)")
+
+
+def _backends(args) -> Optional[Dict[str, str]]:
+    """``--landmarks`` / ``--audio_features`` as the api's ``backends`` (None when both are auto)."""
+    chosen = {"landmarks": getattr(args, "landmarks", "auto"), "audio": getattr(args, "audio_features", "auto")}
+    chosen = {k: v for k, v in chosen.items() if v != "auto"}
+    return chosen or None
+
+
 _EXAMPLES = {
     "train": """examples:
   gaussiantalker train --video_path ./obama.mp4 --gpu GPU0 --iterations 10000
@@ -166,6 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default 64_dim_1_transformer)")
     p.add_argument("--au_csv", "--au-csv", metavar="AU.csv", help="OpenFace au.csv for the eye blinks")
     p.add_argument("--name", help="dataset and model name (default: the video's file stem)")
+    _add_backends(p)
 
     p = _sub(subs, "infer", "render a trained model saying new audio", common)
     p.add_argument("--model_dir", "--model-dir", required=True, metavar="NAME",
@@ -187,6 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--au_csv", "--au-csv", metavar="AU.csv", help="OpenFace au.csv for the eye blinks")
     p.add_argument("--name", help="dataset name (default: the video's file stem)")
     p.add_argument("--size", type=_positive_int, default=512, help="side of the square frames (default 512)")
+    _add_backends(p)
 
     p = _sub(subs, "evaluate", "evaluate a model on its held-out frames (metrics.json, report.html)", common)
     p.add_argument("--model_dir", "--model-dir", required=True, metavar="NAME", help="model name")
@@ -273,7 +295,7 @@ def _cmd_train(args) -> int:
 
     model = api.train(args.video_path, config=config, iterations=args.iterations, device=args.gpu,
                       workspace=ws.root, name=name, progress=_progress(args), assets=args.assets,
-                      au_csv=args.au_csv)
+                      au_csv=args.au_csv, backends=_backends(args))
     print(f"model: {model.path} (iteration {model.iteration})")
     return EXIT_OK
 
@@ -286,7 +308,7 @@ def _cmd_preprocess(args) -> int:
     from . import api
 
     data = api.preprocess(args.video_path, workspace=ws.root, name=name, device=args.gpu, au_csv=args.au_csv,
-                          size=args.size, assets=args.assets, progress=_progress(args))
+                          size=args.size, assets=args.assets, progress=_progress(args), backends=_backends(args))
     print(f"dataset: {data.path} ({data.num_frames} frames)")
     return EXIT_OK
 
@@ -435,7 +457,7 @@ def _preprocess_plan(video: Path, ws: Workspace, name: str, args, inputs_present
         from .preprocess.pipeline import plan_preprocess
 
         steps = plan_preprocess(video, workspace=ws.root, name=name, device=_plan_device(args.gpu), au_csv=au_csv,
-                                size=getattr(args, "size", 512), assets=args.assets)
+                                size=getattr(args, "size", 512), assets=args.assets, backends=_backends(args))
         return [_step_fields(step) for step in steps]
     data = ws.data_dir(name)
     out = []

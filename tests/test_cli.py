@@ -161,6 +161,27 @@ def test_other_commands_reach_their_function(recorders, monkeypatch, capsys):
     assert seen == {"out": "d", "seconds": 3.0, "iterations": 7, "device": "CPU", "progress": True}
 
 
+def test_backend_options_reach_the_api(recorders, capsys):
+    """--landmarks and --audio_features choose the optional backends from the command line."""
+    assert cli.main(["train", "--video_path", "obama.mp4", "--landmarks", "dlib", "--audio_features",
+                     "deepspeech"]) == 0
+    assert recorders["train"].calls[-1][1]["backends"] == {"landmarks": "dlib", "audio": "deepspeech"}
+    assert cli.main(["preprocess", "--video_path", "obama.mp4", "--landmarks", "face-alignment",
+                     "--audio-features", "hubert"]) == 0
+    assert recorders["preprocess"].calls[-1][1]["backends"] == {"landmarks": "face-alignment", "audio": "hubert"}
+    assert cli.main(["train", "--video_path", "obama.mp4", "--landmarks", "mediapipe"]) == 0
+    assert recorders["train"].calls[-1][1]["backends"] == {"landmarks": "mediapipe"}
+    assert cli.main(["train", "--video_path", "obama.mp4"]) == 0
+    assert recorders["train"].calls[-1][1]["backends"] is None  # auto: the best present
+    capsys.readouterr()
+    for bad in (["--landmarks", "openface"], ["--audio_features", "wav2vec"]):
+        assert cli.main(["train", "--video_path", "obama.mp4", *bad]) == 2
+        assert "invalid choice" in one_error_line(capsys.readouterr().err)
+    # a dry run plans with the chosen kind
+    assert cli.main(["preprocess", "--video_path", "obama.mp4", "--audio_features", "hubert", "--dry-run"]) == 0
+    assert "aud_hubert.npy" in capsys.readouterr().out
+
+
 def test_model_dir_path_inside_the_workspace_is_accepted(recorders):
     (Path("GaussianTalker") / "output" / "obama").mkdir(parents=True)
     assert cli.main(["infer", "--model_dir", "GaussianTalker/output/obama/", "--audio_path", "speech.wav"]) == 0
