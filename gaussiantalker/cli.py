@@ -1,4 +1,5 @@
-"""The ``gaussiantalker`` command line: the old ``run_gaussiantalker.sh`` interface, word for word.
+"""The ``gaussiantalker`` command line: the old ``run_gaussiantalker.sh`` interface (its documented lines run
+unchanged; the differences are listed in ``docs/cli.md``).
 
 ```
 gaussiantalker train --video_path VIDEO [--gpu GPU0|GPU1|...|CPU] [--iterations 10000]

@@ -442,3 +442,28 @@ def test_a_video_without_a_face_fails_in_one_line(tmp_path):
     assert r.returncode == 1
     assert any(is_chatter(ln) for ln in r.stderr.splitlines()), r.stderr
     assert "step crop: running" in r.stderr  # the step-status lines are debug messages
+
+
+def test_docs_list_the_differences_from_the_wrapper():
+    """README promises the wrapper's lines run unchanged; docs/cli.md lists every behaviour that differs,
+    each with its reason, and the defaults it states are the parser's."""
+    readme = (REPO / "README.md").read_text()
+    assert "word for word" not in readme and "docs/cli.md#differences-from-the-wrapper" in readme
+    doc = (REPO / "docs" / "cli.md").read_text()
+    section = doc.split("## Differences from the wrapper", 1)[1].split("\n## ", 1)[0]
+    rows = {}
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if line.startswith("|") and len(cells) == 4 and not set(cells[0]) <= {"-"} and cells[0] != "what":
+            assert all(cells), f"a row without its wrapper value, our value or its reason: {line}"
+            rows[cells[0]] = cells
+    for key in ("`--gpu` default", "`--iterations` default (`train`)", "what `--iterations` counts",
+                "`--iteration` default (`infer`)"):
+        assert key in rows, f"docs/cli.md does not list {key}"
+    parser = cli.build_parser()
+    train = parser.parse_args(["train", "--video_path", "v.mp4"])
+    infer = parser.parse_args(["infer", "--model_dir", "m", "--audio_path", "a.wav"])
+    assert train.gpu == "auto" and "`auto`" in rows["`--gpu` default"][2]
+    assert train.iterations is None and "config's" in rows["`--iterations` default (`train`)"][2]
+    assert infer.iteration is None and "newest" in rows["`--iteration` default (`infer`)"][2]
+    assert "fine-stage" in rows["what `--iterations` counts"][2]
