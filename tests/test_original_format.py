@@ -72,7 +72,7 @@ def test_hand_built_folders_pass_the_original_loader_checks(folders):
     assert any("AU45_r" in p for p in problems)  # ER-NeRF's csv without the leading space
 
 
-@pytest.mark.parametrize("variant", ["gaussiantalker", "ernerf"])
+@pytest.mark.parametrize("variant", ["gaussiantalker", "ernerf", "ernerf-eo"])
 def test_train_on_an_original_layout_dataset(folders, variant, tmp_path):
     """gt.train on the folder as the other project left it: both stages run, the model records the
     folder's feature kind, and it renders the held-out frames."""
