@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Dict, Optional, Union
+from typing import TYPE_CHECKING, Any, Dict, Optional, Sequence, Union
 
 from .progress import ProgressCallback
 from .workspace import DEFAULT_WORKSPACE
@@ -300,6 +300,7 @@ def evaluate(
     batch_size: int = 16,
     assets: Optional[PathLike] = None,
     out: Optional[PathLike] = None,
+    audio: Sequence[PathLike] = (),
 ) -> EvaluationResult:
     """Evaluate a model on its dataset's held-out frames; writes ``metrics.json`` and ``report.html``
     into the model folder.
@@ -313,14 +314,17 @@ def evaluate(
         batch_size: frames per rendering call.
         assets: folder of optional pretrained files (LPIPS weights, landmark models).
         out: folder for ``report.html`` (default the model folder; ``metrics.json`` always goes there).
+        audio: driving audio of other voices, also scored without ground truth (mouth vs the audio's energy
+            envelope, closing in silences): ``EvaluationResult.audio``.
 
     Returns:
-        ``EvaluationResult``: ``psnr``, ``ssim``, ``lpips``, ``lmd`` (means over the held-out frames),
-        ``metrics_path``, ``report_path``.
+        ``EvaluationResult``: the mouth-opening correlation and amplitude against the real frames (``mouth``),
+        ``lmd``, ``head_alpha``, ``face_psnr`` (and the mean training frame's), ``psnr``, ``ssim``, ``lpips``
+        (means over the held-out frames), ``metrics_path``, ``report_path``.
     """
     _check_model(model, workspace)
     dev = _device(device)
     from .evaluate import evaluate as run
 
     return run(model, iteration=iteration, device=dev, workspace=workspace, out=out, batch_size=batch_size,
-               assets=assets, progress=progress)
+               assets=assets, progress=progress, audio=tuple(audio))

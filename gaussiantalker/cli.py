@@ -215,6 +215,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model_dir", "--model-dir", required=True, metavar="NAME", help="model name")
     _add_gpu(p)
     p.add_argument("--iteration", type=_positive_int, metavar="K", help="saved iteration (default: the newest)")
+    p.add_argument("--audio", nargs="+", metavar="AUDIO",
+                   help="score renders driven by these audio files (other voices) instead of the held-out frames: "
+                        "the mouth against each audio's energy envelope, and closing in its silences")
 
     p = _sub(subs, "assets", "list the optional pretrained files: where looked for, found or not, what each enables",
              common)
@@ -335,14 +338,39 @@ def _cmd_evaluate(args) -> int:
         return _plan_evaluate(args, ws, name)
     from . import api
 
+    if args.audio:
+        return _evaluate_audio(args, ws, name)
     result = api.evaluate(name, iteration=args.iteration, device=args.gpu, workspace=ws.root,
                           progress=_progress(args), assets=args.assets)
     print(f"iteration {result.iteration}, {result.frames} held-out frames")
-    for key in ("psnr", "ssim", "lpips", "lmd"):
-        value = getattr(result, key, None)
+    m = result.mouth or {}
+    rows = [("mouth opening r", m.get("pearson")), ("mouth amplitude", m.get("amplitude_ratio")),
+            ("lmd", result.lmd), ("head alpha", result.head_alpha), ("face psnr", result.face_psnr),
+            ("face psnr (mean frame)", result.face_psnr_mean_frame), ("psnr", result.psnr), ("ssim", result.ssim),
+            ("lpips", result.lpips)]
+    for key, value in rows:
         print(f"{key}: {value:.4f}" if isinstance(value, (int, float)) else f"{key}: not measured")
     print(f"metrics: {result.metrics_path}")
     print(f"report: {result.report_path}")
+    return EXIT_OK
+
+
+def _evaluate_audio(args, ws: Workspace, name: str) -> int:
+    from .evaluate import evaluate_audio
+    from .infer import load
+
+    for path in args.audio:
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"audio file {path} does not exist")
+    talker = load(name, iteration=args.iteration, device=args.gpu, workspace=ws.root, assets=args.assets)
+    entries = evaluate_audio(talker, args.audio, progress=_progress(args), assets=args.assets, write=True)
+    for e in entries:
+        silence = "no silence" if e.silence_opening is None else (
+            f"opening in {e.silent_frames} silent frames {e.silence_opening:.4f} "
+            f"({'closed' if e.closes_in_silence else 'NOT closed'}: <= {e.closed_gap:.4f} + {e.silence_margin:.4f})")
+        print(f"{e.audio}: mouth vs audio envelope r {e.envelope_pearson:.3f} (real footage {e.reference_pearson:.3f},"
+              f" ratio {e.ratio:.2f}); {silence}")
+    print(f"metrics: {talker.model_dir / 'metrics.json'}")
     return EXIT_OK
 
 

@@ -158,6 +158,10 @@ class ModelHiddenParams:
     """Keep training the tri-plane planes in the fine stage."""
     pos_emb: bool = False
     """Accepted for compatibility; no effect."""
+    lip_code_dim: int = 0
+    """Ours: 0 = the original's audio token. K > 0 (at most 8): the audio encoder predicts a K-component lip code,
+    taught by the tracked mouth landmarks of every training frame, and the attention's first token encodes that
+    code: the tracked code while training (teacher forcing), the one predicted from the audio when rendering."""
 
 
 @dataclass
@@ -248,7 +252,20 @@ class OptimizationParams:
     add_point: bool = False
     """Accepted for compatibility; must be False."""
     lip_fine_tuning: bool = True
-    """Add 0.4 x L1 on the lip crop."""
+    """Add ``lip_weight`` x L1 on the lip crop."""
+    lip_weight: float = 0.4
+    """Ours: weight of the lip-crop L1 (the original's 0.4)."""
+    lip_code_lr: float = 0.001
+    """Ours (lip-code models): learning rate of the audio -> lip-code predictor (AdamW, weight decay 0.01)."""
+    lip_code_batch: int = 64
+    """Ours (lip-code models): training frames per step of the audio -> lip-code predictor (one step per iteration
+    of both stages; it costs little next to a render)."""
+    lip_code_noise: float = 0.1
+    """Ours (lip-code models): std of the noise added to the tracked code the renderer is trained with (codes have
+    unit variance), so that it tolerates the predicted codes' errors."""
+    lip_code_holdout: float = 0.1
+    """Ours (lip-code models): the last fraction of the training frames the predictor does not see in the coarse
+    stage; its error there calibrates the amplitude of predicted codes (regression shrinks it)."""
     depth_fine_tuning: bool = True
     """Add 0.4 x L1 between the rendered alpha and the head mask (with real gradients)."""
     split_gs_in_fine_stage: bool = False
@@ -452,6 +469,10 @@ def validate(cfg: TrainConfig, origin: str = "<config>") -> None:
         bad("ModelHiddenParams", "defor_depth, net_width, n_layer and ffn_hidden must be positive")
     if not 0.0 <= h.drop_prob < 1.0:
         bad("ModelHiddenParams.drop_prob", f"must be in [0, 1), got {h.drop_prob}")
+    if not 0 <= h.lip_code_dim <= 8:
+        bad("ModelHiddenParams.lip_code_dim", f"must be 0..8, got {h.lip_code_dim}")
+    if not 0.0 <= o.lip_code_holdout < 0.5:
+        bad("OptimizationParams.lip_code_holdout", f"must be in [0, 0.5), got {o.lip_code_holdout}")
     unknown = set(o.canonical_tri_plane_factor_list) - {"scales", "rotations", "opacity", "shs"}
     if unknown:
         bad("OptimizationParams.canonical_tri_plane_factor_list", f"has unknown entry {min(unknown)!r}")

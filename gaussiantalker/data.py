@@ -36,7 +36,8 @@ Tensor = torch.Tensor
 PathLike = Union[str, os.PathLike]
 
 __all__ = [
-    "AUDIO_CONTEXT", "AUDIO_FILES", "legacy_audio_file", "DatasetError", "FrameBatch", "FrameSample", "TalkingHeadData", "TalkingHeadSplit",
+    "AUDIO_CONTEXT", "AUDIO_FILES", "LIP_CODE_DIM", "DatasetError", "FrameBatch", "FrameSample", "TalkingHeadData",
+    "TalkingHeadSplit", "legacy_audio_file",
     "audio_context", "camera_condition", "collate", "head_mask_from_parsing", "lips_rect",
 ]
 
@@ -48,6 +49,8 @@ AUDIO_CONTEXT = 8
 #: two 50 Hz rows per frame) and ``aud_eo.npy`` (the Esperanto wav2vec2 logits, ``[M, 16, 44]``).
 AUDIO_FILES = (("aud_ds.npy", "deepspeech"), ("aud_hubert.npy", "hubert"), ("aud_mfcc.npy", "mfcc"),
                ("aud.npy", "deepspeech"), ("aud_hu.npy", "hubert"), ("aud_eo.npy", "wav2vec-eo"))
+#: Components of the tracked lip code every sample carries (a model uses its first ``lip_code_dim``).
+LIP_CODE_DIM = 8
 #: Points of the fallback cloud (ER-NeRF datasets: no points3d.ply and no vertices).
 FALLBACK_POINTS = 20000
 _GL_TO_CV = torch.tensor([1.0, -1.0, -1.0])
@@ -79,6 +82,7 @@ class FrameSample:
     c2w: Tensor  # [4, 4] transform_matrix (camera-to-world, OpenGL camera, scene units)
     lips_rect: tuple[int, int, int, int]  # (r0, r1, c0, c1): rows r0:r1, columns c0:c1, clipped
     focal: float  # focal length in pixels at this sample's resolution
+    lips: Tensor  # [LIP_CODE_DIM] the tracked lip code of the frame (see TalkingHeadData.lip_codes)
 
 
 @dataclass
@@ -98,6 +102,7 @@ class FrameBatch:
     c2w: Tensor  # [B, 4, 4]
     lips_rect: Tensor  # [B, 4] long (r0, r1, c0, c1)
     focal: Tensor  # [B]
+    lips: Tensor  # [B, LIP_CODE_DIM]
     cameras: CameraMatrices  # batched, B cameras
 
     @property
@@ -171,7 +176,7 @@ def collate(samples: Sequence[FrameSample]) -> FrameBatch:
     if not samples:
         raise ValueError("collate needs at least one sample")
     stack = {name: torch.stack([getattr(s, name) for s in samples]) for name in
-             ("image", "head_mask", "background", "bg_torso", "target", "audio", "eye", "cam", "c2w")}
+             ("image", "head_mask", "background", "bg_torso", "target", "audio", "eye", "cam", "c2w", "lips")}
     h, w = stack["image"].shape[-2:]
     focal = torch.tensor([s.focal for s in samples], dtype=stack["c2w"].dtype)
     cameras = cameras_from_transforms(stack["c2w"], focal, int(w), int(h))
@@ -473,6 +478,7 @@ class TalkingHeadData:
         self.audio_dim = int(windows.shape[2])
         self._check_audio_count()
         self.eye = self._read_eye()  # [F]
+        self._lips: tuple[Tensor, Tensor] | None = None
         centres = torch.as_tensor(tr.c2w[:, :3, 3])
         self.camera_extent = float(1.1 * (centres - centres.mean(0)).norm(dim=1).max())
         self._background_full = self._read_background()  # [H0, W0, 3] float32 RGB in [0, 1]
@@ -613,6 +619,40 @@ class TalkingHeadData:
                     np.round(axes, 4).tolist())
         return _ellipsoid_surface(FALLBACK_POINTS, axes)
 
+    def _lip_track(self) -> tuple[Tensor, Tensor]:
+        """``(codes [F, LIP_CODE_DIM], opening [F])`` from the frames' landmarks (computed once)."""
+        if self._lips is None:
+            from .lipsync import LipCode, lip_shape, mouth_opening
+
+            lms = np.stack([self._lms_or_nan(i) for i in range(self.num_frames)])
+            shapes = lip_shape(lms)
+            code = LipCode.fit(shapes[np.asarray(self.train_ids)], LIP_CODE_DIM)
+            codes = np.zeros((self.num_frames, LIP_CODE_DIM), np.float32)
+            codes[:, : code.basis.shape[0]] = code.encode(shapes)
+            self._lips = (torch.from_numpy(np.nan_to_num(codes)), torch.from_numpy(mouth_opening(lms)).float())
+        return self._lips
+
+    def _lms_or_nan(self, img_id: int) -> np.ndarray:
+        """The frame's landmarks, or NaN rows when its ``.lms`` is missing or malformed (the error is raised when
+        that frame itself is loaded, naming the file; the other frames keep their lip codes)."""
+        try:
+            return _read_lms(self.path / "ori_imgs" / f"{img_id}.lms")
+        except (FileNotFoundError, DatasetError):
+            return np.full((68, 2), np.nan)
+
+    @property
+    def lip_codes(self) -> Tensor:
+        """``[F, LIP_CODE_DIM]`` float32: each frame's tracked lip code. The 20 mouth landmarks, aligned on the
+        rigid face points (:func:`~gaussiantalker.lipsync.lip_shape`), projected on the principal components of
+        the training frames' mouth shapes and whitened there (unit variance per component); a clip with fewer
+        components than ``LIP_CODE_DIM`` pads with zeros. Read from ``ori_imgs/<i>.lms`` (every dataset has them)."""
+        return self._lip_track()[0]
+
+    @property
+    def mouth_opening(self) -> Tensor:
+        """``[F]`` float32: inner-lip gap / face height of each frame's tracked landmarks."""
+        return self._lip_track()[1]
+
     def cache_info(self) -> tuple[int, int]:
         """``(frames cached, bytes cached)``."""
         return len(self._cache), self._cache_bytes
@@ -688,6 +728,7 @@ class TalkingHeadSplit(torch.utils.data.Dataset):
         self.eye = data.eye[torch.tensor(self.img_ids, dtype=torch.long)]  # [n]
         self.c2w = torch.from_numpy(transforms.c2w).float()  # [n, 4, 4]
         self.cam = camera_condition(self.c2w.double()).float()  # [n, 12]
+        self.lips = data.lip_codes[torch.tensor(self.img_ids, dtype=torch.long)]  # [n, LIP_CODE_DIM]
 
     def __len__(self) -> int:
         return len(self.img_ids)
@@ -711,6 +752,7 @@ class TalkingHeadSplit(torch.utils.data.Dataset):
             bg_torso=bg_torso, target=image * mask + bg_torso * (1.0 - mask),
             audio=audio_context(self.audio, torch.tensor([k]))[0], eye=self.eye[k : k + 1].clone(),
             cam=self.cam[k].clone(), c2w=self.c2w[k].clone(), lips_rect=rec.lips, focal=float(self.data.focal),
+            lips=self.lips[k].clone(),
         )
 
     def __repr__(self) -> str:

@@ -25,18 +25,20 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Union
+from typing import Dict, List, Optional, Sequence, Union
 
 import numpy as np
 import torch
 
 from .fileio import atomic_write
+from .lipsync import lip_sync_scores, mouth_opening
+from .report import mouth_strip, read_training_curves, write_report
 
 log = logging.getLogger(__name__)
 
 PathLike = Union[str, os.PathLike]
 
-__all__ = ["EvaluationResult", "evaluate", "mouth_lmd", "read_training_curves"]
+__all__ = ["AudioEvaluation", "EvaluationResult", "evaluate", "evaluate_audio", "mouth_lmd", "read_training_curves"]
 
 _LMD_BACKENDS = ("mediapipe", "dlib", "face-alignment")
 _SIDE_BY_SIDE = 6  # frames shown in the report
@@ -56,6 +58,12 @@ class EvaluationResult:
     lmd: Optional[float]  # None when no frame pair had a face on both sides
     lmd_frames: int  # frames LMD was averaged over
     lmd_backend: str
+    mouth: Dict[str, float] = field(default_factory=dict)  # lipsync.LipSyncScores: pearson, amplitude_ratio, ...
+    head_alpha: Optional[float] = None  # mean rendered alpha inside the real head mask (1 = solid)
+    face_psnr: Optional[float] = None  # PSNR inside the face box (landmarks' box, 10 % margin)
+    face_psnr_mean_frame: Optional[float] = None  # the same for the mean training frame (baseline)
+    psnr_mean_frame: Optional[float] = None  # whole-frame PSNR of the mean training frame (baseline)
+    audio: List[dict] = field(default_factory=list)  # evaluate_audio entries (other voices)
     per_frame: Dict[str, List[Optional[float]]] = field(default_factory=dict)
     notes: List[str] = field(default_factory=list)
     metrics_path: Optional[Path] = None
@@ -110,74 +118,6 @@ def mouth_lmd(rendered, real, backend: str = "mediapipe", assets: Optional[PathL
     return d
 
 
-# --------------------------------------------------------------------------------------------------
-# training curves
-
-
-def read_training_curves(model_dir: PathLike) -> Dict[str, List[tuple]]:
-    """Scalar series logged by training: ``{tag: [(step, value), ...]}`` ({} when none were logged).
-
-    Reads ``train_log.jsonl`` (one JSON object per line with ``iteration`` and numbers) if present, else
-    the TensorBoard event files under ``tensorboard/`` (read with tensorboard's protobuf classes, no
-    TensorFlow needed).
-    """
-    root = Path(model_dir)
-    curves: Dict[str, List[tuple]] = {}
-    jsonl = root / "train_log.jsonl"
-    if jsonl.is_file():
-        for line in jsonl.read_text(encoding="utf-8").splitlines():
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            step = rec.get("iteration", rec.get("step"))
-            if not isinstance(step, (int, float)):
-                continue
-            for k, v in rec.items():
-                if k not in ("iteration", "step") and isinstance(v, (int, float)) and math.isfinite(v):
-                    curves.setdefault(k, []).append((float(step), float(v)))
-        return curves
-    files = sorted((root / "tensorboard").rglob("events.out.tfevents.*")) if (root / "tensorboard").is_dir() else []
-    for f in files:
-        try:
-            _read_events(f, curves)
-        except (ImportError, ValueError, OSError) as exc:
-            log.info("training curves: cannot read %s (%s)", f, exc)
-    for series in curves.values():
-        series.sort()
-    return curves
-
-
-def _read_events(path: Path, curves: Dict[str, List[tuple]]) -> None:
-    """Scalars of one TFRecord file of ``Event`` protos (length, crc, data, crc per record)."""
-    import struct
-
-    from tensorboard.compat.proto.event_pb2 import Event
-
-    data = path.read_bytes()
-    pos = 0
-    while pos + 12 <= len(data):
-        (length,) = struct.unpack_from("<Q", data, pos)
-        start = pos + 12
-        if start + length + 4 > len(data):
-            break  # a record still being written
-        ev = Event.FromString(data[start:start + length])
-        pos = start + length + 4
-        for v in ev.summary.value:
-            if v.HasField("simple_value"):
-                value = float(v.simple_value)
-            elif v.HasField("tensor") and v.tensor.float_val:
-                value = float(v.tensor.float_val[0])
-            else:
-                continue
-            if math.isfinite(value):
-                curves.setdefault(v.tag, []).append((float(ev.step), value))
-
-
-# --------------------------------------------------------------------------------------------------
-# evaluation
-
-
 class _FrameStore:
     """uint8 frames kept on disk (a memmap in a temporary folder), so a long split never fills memory."""
 
@@ -192,8 +132,15 @@ class _FrameStore:
 
 def evaluate(model, iteration: Optional[int] = None, device="auto", workspace: Optional[PathLike] = None,
              out: Optional[PathLike] = None, batch_size: int = 16, assets: Optional[PathLike] = None,
-             progress: bool = True) -> EvaluationResult:
+             progress: bool = True, audio: Sequence[PathLike] = ()) -> EvaluationResult:
     """Render the held-out split and measure it; write ``metrics.json`` and ``report.html``.
+
+    Every held-out frame is rendered as a user gets it (the output size: a smaller head render is upsampled
+    and composited over the full-size torso and background) with its own audio, pose and blink, and compared
+    with the real frame: PSNR / SSIM / LPIPS, the face-crop PSNR and the head's alpha inside the real head
+    mask (with the mean training frame as a baseline), and, from landmarks detected the same way on both
+    clips, the mouth LMD and the mouth opening (:mod:`gaussiantalker.lipsync`: Pearson correlation and
+    amplitude ratio against the real mouth).
 
     Args:
         model: a :class:`gaussiantalker.infer.Talker`, a :class:`gaussiantalker.train.Model`, a model
@@ -203,6 +150,7 @@ def evaluate(model, iteration: Optional[int] = None, device="auto", workspace: O
             model folder, merged with what training wrote.
         batch_size: frames per deformation/rasterizer call (split on out-of-memory).
         assets: asset folder (LPIPS weights, landmark model files).
+        audio: driving audio files of other voices, scored without ground truth (:func:`evaluate_audio`).
     Returns:
         :class:`EvaluationResult`.
     Raises:
@@ -213,7 +161,7 @@ def evaluate(model, iteration: Optional[int] = None, device="auto", workspace: O
     start = time.perf_counter()
     talker = model if isinstance(model, Talker) else load(model, iteration=iteration, device=device,
                                                           workspace=workspace, assets=assets)
-    split = talker.data.split("val")
+    split = talker.full.split("val")
     n = len(split)
     if n == 0:
         raise ValueError(f"dataset {talker.data.path} has no held-out (val) frames to evaluate on")
@@ -222,17 +170,22 @@ def evaluate(model, iteration: Optional[int] = None, device="auto", workspace: O
     try:
         ours = _FrameStore(n, talker.height, talker.width, tmp, "ours")
         real = _FrameStore(n, talker.height, talker.width, tmp, "real")
-        per = _render_and_score(talker, split, ours, real, batch_size, assets, progress)
+        base = _mean_training_frame(talker)
+        per = _render_and_score(talker, split, ours, real, base, batch_size, assets, progress)
         if per["lpips"] is None:
             notes.append("LPIPS not computed: its weights are not in the asset folder (see `gaussiantalker assets`)")
         backend = _lmd_backend(talker.data.meta, notes)
-        lmd = _lmd(ours, real, backend, assets, notes)
-        side = _side_by_side(ours, real)
+        lm_ours, lm_real = _landmarks(ours, real, backend, assets, notes)
+        side = _side_by_side(ours, real, lm_real)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    lmd = _lmd(lm_ours, lm_real)
+    op_ours, op_real = mouth_opening(lm_ours), mouth_opening(lm_real)
+    scores = lip_sync_scores(op_ours, op_real)
     valid = lmd[np.isfinite(lmd)]
-    lmd_list = [None if not np.isfinite(x) else float(x) for x in lmd]
-    per_frame = {"psnr": per["psnr"], "ssim": per["ssim"], "lmd": lmd_list}
+    per_frame = {"psnr": per["psnr"], "ssim": per["ssim"], "face_psnr": per["face_psnr"],
+                 "head_alpha": per["head_alpha"], "lmd": _nan_list(lmd), "opening_ours": _nan_list(op_ours),
+                 "opening_real": _nan_list(op_real)}
     if per["lpips"] is not None:
         per_frame["lpips"] = per["lpips"]
     result = EvaluationResult(
@@ -240,46 +193,89 @@ def evaluate(model, iteration: Optional[int] = None, device="auto", workspace: O
         psnr=float(np.mean(per["psnr"])), ssim=float(np.mean(per["ssim"])),
         lpips=float(np.mean(per["lpips"])) if per["lpips"] is not None else None,
         lmd=float(valid.mean()) if valid.size else None, lmd_frames=int(valid.size), lmd_backend=backend,
+        mouth=scores.as_dict(), head_alpha=_nanmean(per["head_alpha"]), face_psnr=_nanmean(per["face_psnr"]),
+        face_psnr_mean_frame=_nanmean(per["face_psnr_base"]), psnr_mean_frame=_nanmean(per["psnr_base"]),
         per_frame=per_frame, notes=notes,
     )
+    if audio:
+        result.audio = [e.as_dict() for e in evaluate_audio(talker, audio, batch_size=batch_size, assets=assets,
+                                                              progress=progress)]
     result.seconds = time.perf_counter() - start
     result.metrics_path = _write_metrics(talker.model_dir, result)
     result.report_path = write_report(Path(out) if out is not None else talker.model_dir, result, talker, side)
-    log.info("evaluated %d held-out frames: PSNR %.2f dB, SSIM %.4f, LPIPS %s, LMD %s", n, result.psnr,
-             result.ssim, "-" if result.lpips is None else f"{result.lpips:.4f}",
-             "-" if result.lmd is None else f"{result.lmd:.2f} px")
+    log.info("evaluated %d held-out frames: mouth opening r %.3f, amplitude %.2f, LMD %s, head alpha %.4f, "
+             "face PSNR %.2f dB (mean frame %.2f dB), PSNR %.2f dB, SSIM %.4f", n, scores.pearson,
+             scores.amplitude_ratio, "-" if result.lmd is None else f"{result.lmd:.2f} px", result.head_alpha,
+             result.face_psnr, result.face_psnr_mean_frame, result.psnr, result.ssim)
     return result
 
 
-def _render_and_score(talker, split, ours: _FrameStore, real: _FrameStore, batch_size: int, assets,
-                      progress: bool) -> dict:
+def _nan_list(a) -> List[Optional[float]]:
+    return [None if not np.isfinite(x) else float(x) for x in np.asarray(a, np.float64)]
+
+
+def _nanmean(values) -> Optional[float]:
+    a = np.asarray([np.nan if v is None else v for v in values], np.float64)
+    return float(np.nanmean(a)) if np.isfinite(a).any() else None
+
+
+def _mean_training_frame(talker, count: int = 100) -> torch.Tensor:
+    """``[3, H, W]``: the mean of up to ``count`` evenly spaced training targets at the output size (baseline)."""
+    train = talker.full.split("train")
+    picks = np.unique(np.linspace(0, len(train) - 1, min(count, len(train))).round().astype(int))
+    acc = None
+    for k in picks:
+        t = train[int(k)].target
+        acc = t.clone() if acc is None else acc.add_(t)
+    return acc / len(picks)
+
+
+def _face_box(lms: np.ndarray, height: int, width: int) -> tuple:
+    """Rows / columns of the 68 landmarks' box with a 10 % margin, clipped: ``(r0, r1, c0, c1)``."""
+    lo, hi = lms.min(0), lms.max(0)
+    pad = 0.1 * (hi - lo)
+    c0, r0 = np.floor(lo - pad).astype(int)
+    c1, r1 = np.ceil(hi + pad).astype(int)
+    return max(0, r0), min(height, r1), max(0, c0), min(width, c1)
+
+
+def _render_and_score(talker, split, ours: _FrameStore, real: _FrameStore, base: torch.Tensor, batch_size: int,
+                      assets, progress: bool) -> dict:
     from tqdm.auto import tqdm
 
-    from .data import collate
+    from .data import _read_lms, collate
     from .infer import run_batches
     from .metrics import lpips, psnr, ssim
-    from .model.types import Conditions
-    from .render.rasterize import render_batch
     from .render.video import to_uint8
 
-    per: Dict[str, Optional[list]] = {"psnr": [], "ssim": [], "lpips": []}
+    per: Dict[str, Optional[list]] = {"psnr": [], "ssim": [], "lpips": [], "face_psnr": [], "head_alpha": [],
+                                      "face_psnr_base": [], "psnr_base": []}
 
     def one(a: int, b: int):
-        batch = collate([split[k] for k in range(a, b)]).to(talker.device)
-        with torch.no_grad():
-            g = talker.model.deform("fine", Conditions(batch.audio, batch.eye, batch.cam))
-            image = render_batch(g, batch.cameras, batch.bg_torso).image.clamp(0, 1)
-        return image, batch.target
+        batch = collate([split[k] for k in range(a, b)])
+        comp = talker.compose(batch.audio, batch.eye[:, 0], batch.c2w, batch.bg_torso)
+        return comp.image.clamp(0, 1).cpu(), comp.alpha.cpu(), batch
 
     bar = tqdm(total=len(split), unit="frame", desc="evaluate", disable=not progress)
-    for a, b, (image, target) in run_batches(one, len(split), batch_size):
+    for a, b, (image, alpha, batch) in run_batches(one, len(split), batch_size):
+        target, mask = batch.target, batch.head_mask
         per["psnr"] += psnr(image, target).tolist()
+        per["psnr_base"] += psnr(base.expand_as(target), target).tolist()
         per["ssim"] += ssim(image, target).tolist()
         lp = lpips(image, target, assets=assets) if per["lpips"] is not None else None
         if lp is None:
             per["lpips"] = None
         else:
             per["lpips"] += lp.tolist()
+        inside = mask.flatten(1).sum(1)
+        per["head_alpha"] += [float(x) if m > 0 else None for x, m in
+                              zip((alpha * mask).flatten(1).sum(1) / inside.clamp_min(1), inside)]
+        for j, img_id in enumerate(batch.img_id.tolist()):
+            r0, r1, c0, c1 = _face_box(_read_lms(talker.full.path / "ori_imgs" / f"{img_id}.lms"), talker.height,
+                                       talker.width)
+            crop = (slice(None), slice(r0, r1), slice(c0, c1))
+            per["face_psnr"].append(float(psnr(image[j][crop], target[j][crop])))
+            per["face_psnr_base"].append(float(psnr(base[crop], target[j][crop])))
         ours.array[a:b] = to_uint8(image)
         real.array[a:b] = to_uint8(target)
         bar.update(b - a)
@@ -295,31 +291,54 @@ def _lmd_backend(meta: dict, notes: List[str]) -> str:
     return "mediapipe"
 
 
-def _lmd(ours: _FrameStore, real: _FrameStore, backend: str, assets, notes: List[str]) -> np.ndarray:
-    from .preprocess.landmark_backends import BackendUnavailableError
+def _landmarks(ours: _FrameStore, real: _FrameStore, backend: str, assets, notes: List[str]):
+    """68-point landmarks ``[F, 68, 2]`` of both clips (NaN rows where a side has no face)."""
+    from .preprocess.landmark_backends import BackendUnavailableError, detect
 
     n = ours.array.shape[0]
+    nan = np.full((n, 68, 2), np.nan)
     try:
-        d = mouth_lmd(iter(ours), iter(real), backend=backend, assets=assets)
+        a = detect(iter(ours), backend=backend, assets=assets)
+        b = detect(iter(real), backend=backend, assets=assets)
     except BackendUnavailableError as exc:
-        notes.append(f"LMD not computed: {exc}")
-        return np.full(n, np.nan)
-    missing = int((~np.isfinite(d)).sum())
+        notes.append(f"LMD and mouth opening not computed: {exc}")
+        return nan, nan.copy()
+    pa, pb = a.points68.astype(np.float64), b.points68.astype(np.float64)
+    both = a.found & b.found
+    pa[~both], pb[~both] = np.nan, np.nan
+    missing = int((~both).sum())
     if missing == n:
         notes.append(f"LMD not computed: {backend} found no face pair in any of the {n} frames")
     elif missing:
-        notes.append(f"LMD over {n - missing} of {n} frames ({missing} without a face on one side)")
+        notes.append(f"LMD and mouth opening over {n - missing} of {n} frames ({missing} without a face on one side)")
+    return pa, pb
+
+
+def _lmd(lm_ours: np.ndarray, lm_real: np.ndarray) -> np.ndarray:
+    from .metrics import landmark_distance
+
+    ok = np.isfinite(lm_ours).all(axis=(1, 2)) & np.isfinite(lm_real).all(axis=(1, 2))
+    d = np.full(len(ok), np.nan)
+    if ok.any():
+        d[ok] = landmark_distance(torch.from_numpy(lm_ours[ok]), torch.from_numpy(lm_real[ok])).numpy()
     return d
 
 
-def _side_by_side(ours: _FrameStore, real: _FrameStore) -> List[tuple]:
-    """``(index, [H, 2W, 3] uint8)`` of a few evenly spaced frames: ground truth | ours."""
+def _side_by_side(ours: _FrameStore, real: _FrameStore, lms: np.ndarray) -> List[tuple]:
+    """``(index, image)`` of a few evenly spaced frames: ground truth | ours, mouth crops enlarged below."""
     n = ours.array.shape[0]
     picks = sorted(set(np.linspace(0, n - 1, min(_SIDE_BY_SIDE, n)).round().astype(int).tolist()))
-    return [(i, np.concatenate([real.array[i], ours.array[i]], axis=1)) for i in picks]
+    return [(i, mouth_strip(real.array[i], ours.array[i], lms[i])) for i in picks]
 
 
 def _write_metrics(model_dir: Path, result: EvaluationResult) -> Path:
+    entry = result.summary()
+    entry["time"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    return _merge_metrics(model_dir, "evaluation", entry)
+
+
+def _merge_metrics(model_dir: Path, key: str, value) -> Path:
+    """Set ``key`` in the model's ``metrics.json`` (atomically), keeping what else it holds."""
     path = Path(model_dir) / "metrics.json"
     data: dict = {}
     if path.is_file():
@@ -329,144 +348,102 @@ def _write_metrics(model_dir: Path, result: EvaluationResult) -> Path:
             log.warning("%s is not valid JSON; it is replaced", path)
         if not isinstance(data, dict):
             data = {}
-    data["evaluation"] = result.summary()
-    data["evaluation"]["time"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    data[key] = value
     text = json.dumps(data, indent=2) + "\n"
     return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
+
+
 # --------------------------------------------------------------------------------------------------
-# the HTML report (self-contained: inline JPEG images and SVG plots, no scripts, no external resources)
+# other voices: no ground truth, the mouth against the driving audio
 
 
-_CSS = """body{font-family:system-ui,sans-serif;margin:2em;max-width:1100px;color:#222}
-h1{font-size:1.5em}h2{font-size:1.2em;margin-top:1.6em;border-bottom:1px solid #ddd}
-table{border-collapse:collapse}td,th{padding:.25em .8em;border-bottom:1px solid #eee;text-align:left}
-.frames{display:flex;flex-wrap:wrap;gap:1em}.frames figure{margin:0}figcaption{font-size:.85em;color:#555}
-.plots{display:flex;flex-wrap:wrap;gap:1em}pre{background:#f6f6f6;padding:1em;overflow:auto;font-size:.8em}
-.note{color:#8a5a00}"""
+#: Margin over the subject's closed-mouth gap that still counts as closed in a silence: this fraction of the
+#: subject's speaking range (90th minus 10th percentile of the training frames' mouth opening).
+SILENCE_MARGIN = 0.25
 
 
-def _esc(text) -> str:
-    import html
+@dataclass
+class AudioEvaluation:
+    """A render driven by some audio, scored against that audio (:func:`gaussiantalker.lipsync.audio_sync_scores`)."""
 
-    return html.escape(str(text), quote=True)
+    audio: str
+    frames: int
+    envelope_pearson: float  # mouth opening vs the audio's energy envelope (dB), same frames
+    best_lag: int
+    best_lag_pearson: float
+    reference_pearson: float  # the real footage's mouth vs its own audio, over all its frames
+    ratio: float  # envelope_pearson / reference_pearson
+    silent_frames: int
+    silence_opening: Optional[float]  # mean mouth opening inside the audio's silences
+    closed_gap: float  # the subject's closed-mouth opening (10th percentile of its training frames)
+    silence_margin: float  # SILENCE_MARGIN x the subject's speaking range
+    closes_in_silence: Optional[bool]  # silence_opening <= closed_gap + silence_margin (None without silences)
+    opening_std: float
 
-
-def _jpeg_data_uri(rgb: np.ndarray, width: int = 512) -> str:
-    import base64
-
-    import cv2
-
-    h, w = rgb.shape[:2]
-    if w < width // 2:  # tiny frames: enlarge (nearest) so they can be seen
-        k = max(1, (width // 2) // w)
-        rgb = cv2.resize(rgb, (w * k, h * k), interpolation=cv2.INTER_NEAREST)
-    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 90])
-    if not ok:
-        raise ValueError("JPEG encoding failed")
-    return "data:image/jpeg;base64," + base64.b64encode(buf.tobytes()).decode("ascii")
-
-
-def svg_line_plot(series: Dict[str, List[tuple]], title: str, width: int = 480, height: int = 220,
-                  xlabel: str = "") -> str:
-    """A small SVG line plot of ``{name: [(x, y), ...]}`` (non-finite points skipped)."""
-    pts = [(x, y) for s in series.values() for x, y in s if y is not None and math.isfinite(y)]
-    left, right, top, bottom = 52, 10, 24, 30
-    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-           f'viewBox="0 0 {width} {height}" role="img" aria-label="{_esc(title)}">',
-           f'<text x="{width / 2}" y="15" text-anchor="middle" font-size="13">{_esc(title)}</text>']
-    if not pts:
-        out.append(f'<text x="{width / 2}" y="{height / 2}" text-anchor="middle" font-size="12">no data</text></svg>')
-        return "".join(out)
-    x0, x1 = min(p[0] for p in pts), max(p[0] for p in pts)
-    y0, y1 = min(p[1] for p in pts), max(p[1] for p in pts)
-    if x1 == x0:
-        x1 = x0 + 1
-    if y1 == y0:
-        y0, y1 = y0 - 0.5, y1 + 0.5
-    pw, ph = width - left - right, height - top - bottom
-
-    def sx(x):
-        return left + (x - x0) / (x1 - x0) * pw
-
-    def sy(y):
-        return top + (1 - (y - y0) / (y1 - y0)) * ph
-
-    out.append(f'<rect x="{left}" y="{top}" width="{pw}" height="{ph}" fill="none" stroke="#ccc"/>')
-    for v in (y0, (y0 + y1) / 2, y1):
-        out.append(f'<text x="{left - 4}" y="{sy(v) + 4:.1f}" text-anchor="end" font-size="10">{v:.4g}</text>')
-    for v in (x0, x1):
-        out.append(f'<text x="{sx(v):.1f}" y="{height - 12}" text-anchor="middle" font-size="10">{v:.6g}</text>')
-    if xlabel:
-        out.append(f'<text x="{left + pw / 2}" y="{height - 2}" text-anchor="middle" font-size="10">'
-                   f'{_esc(xlabel)}</text>')
-    colours = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b")
-    for k, (name, s) in enumerate(series.items()):
-        good = [(x, y) for x, y in s if y is not None and math.isfinite(y)]
-        if not good:
-            continue
-        c = colours[k % len(colours)]
-        path = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in good)
-        out.append(f'<polyline fill="none" stroke="{c}" stroke-width="1.5" points="{path}"/>')
-        if len(good) == 1:
-            out.append(f'<circle cx="{sx(good[0][0]):.1f}" cy="{sy(good[0][1]):.1f}" r="3" fill="{c}"/>')
-        if len(series) > 1:
-            out.append(f'<text x="{left + 6}" y="{top + 14 + 12 * k}" font-size="10" fill="{c}">{_esc(name)}</text>')
-    out.append("</svg>")
-    return "".join(out)
+    def as_dict(self) -> dict:
+        return _json_safe(asdict(self))
 
 
-def _fmt(v, digits: int = 4, unit: str = "") -> str:
-    return "&ndash;" if v is None else f"{v:.{digits}f}{unit}"
+def evaluate_audio(model, audio: Sequence[PathLike], batch_size: int = 16, assets: Optional[PathLike] = None,
+                   progress: bool = True, device="auto", workspace: Optional[PathLike] = None,
+                   write: bool = False) -> List[AudioEvaluation]:
+    """Score renders driven by other voices, without ground truth: does the mouth follow the audio's energy
+    (as well as the real footage follows its own audio), and does it close in the audio's silences?
 
+    Args:
+        model: as for :func:`evaluate`.
+        audio: media files with an audio stream.
+        write: also store the entries under ``audio_evaluation`` in the model's ``metrics.json``.
+    Returns:
+        one :class:`AudioEvaluation` per file.
+    """
+    from .audio import load_audio
+    from .infer import Talker, load
+    from .lipsync import audio_envelope, audio_sync_scores, closed_gap, pearson
 
-def write_report(folder: Path, result: EvaluationResult, talker, side: List[tuple]) -> Path:
-    """Write ``report.html`` into ``folder`` (atomically); returns its path."""
-    meta = talker.data.meta or {}
-    parts = [f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>gaussiantalker evaluation: "
-             f"{_esc(talker.model_dir.name)}</title><style>{_CSS}</style></head><body>",
-             f"<h1>Evaluation of {_esc(talker.model_dir.name)} (iteration {result.iteration})</h1>",
-             f"<p>Model folder <code>{_esc(talker.model_dir)}</code>, dataset <code>{_esc(talker.data.path)}</code>, "
-             f"{result.frames} held-out frames at {talker.width}x{talker.height}, "
-             f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.</p>",
-             "<h2>Metrics (held-out split)</h2><table>",
-             f"<tr><th>PSNR</th><td>{_fmt(result.psnr, 2, ' dB')}</td></tr>",
-             f"<tr><th>SSIM</th><td>{_fmt(result.ssim)}</td></tr>",
-             f"<tr><th>LPIPS</th><td>{_fmt(result.lpips)}</td></tr>",
-             f"<tr><th>LMD (mouth, {_esc(result.lmd_backend)})</th><td>{_fmt(result.lmd, 2, ' px')} "
-             f"over {result.lmd_frames} frames</td></tr></table>"]
-    parts += [f'<p class="note">{_esc(n)}</p>' for n in result.notes]
-    parts.append("<h2>Frames: ground truth | ours</h2><div class=\"frames\">")
-    for i, img in side:
-        parts.append(f'<figure><img alt="frame {i}" src="{_jpeg_data_uri(img)}"><figcaption>held-out frame {i}: '
-                     f'PSNR {_fmt(result.per_frame["psnr"][i], 2)} dB</figcaption></figure>')
-    parts.append("</div><h2>Per-frame metrics</h2><div class=\"plots\">")
-    for key, unit in (("psnr", "dB"), ("ssim", ""), ("lpips", ""), ("lmd", "px")):
-        vals = result.per_frame.get(key)
-        if vals is not None:
-            parts.append(svg_line_plot({key: list(enumerate(vals))}, f"{key.upper()} {unit}".strip(),
-                                       xlabel="held-out frame"))
-    parts.append("</div><h2>Training curves</h2>")
-    curves = read_training_curves(talker.model_dir)
-    if curves:
-        parts.append("<div class=\"plots\">")
-        parts += [svg_line_plot({tag: s}, tag, xlabel="iteration") for tag, s in sorted(curves.items())]
-        parts.append("</div>")
-    else:
-        parts.append("<p>Training logged no curves in this model folder.</p>")
-    parts.append("<h2>Backends</h2><table>")
-    backends = dict(meta.get("backends") or {})
-    backends.setdefault("audio features", talker.audio_kind)
-    backends["lmd landmarks"] = result.lmd_backend
-    parts += [f"<tr><th>{_esc(k)}</th><td>{_esc(v)}</td></tr>" for k, v in backends.items()]
-    parts.append("</table><h2>Configuration</h2>")
-    cfg_path = talker.model_dir / "config.json"
-    cfg_text = cfg_path.read_text(encoding="utf-8") if cfg_path.is_file() else "(no config.json)"
-    parts.append(f"<details><summary>config.json</summary><pre>{_esc(cfg_text)}</pre></details>")
-    if meta:
-        parts.append(f"<details><summary>dataset meta.json</summary><pre>{_esc(json.dumps(meta, indent=2))}</pre>"
-                     "</details>")
-    parts.append("</body></html>\n")
-    text = "".join(parts)
-    return atomic_write(Path(folder) / "report.html", lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    talker = model if isinstance(model, Talker) else load(model, device=device, workspace=workspace, assets=assets)
+    data = talker.data
+    real = data.mouth_opening.numpy().astype(np.float64)
+    train = real[np.asarray(data.train_ids)]
+    closed = closed_gap(train)
+    margin = SILENCE_MARGIN * float(np.nanpercentile(train, 90) - np.nanpercentile(train, 10))
+    wav = Path(data.path) / "aud.wav"
+    reference = float("nan")
+    if wav.is_file():
+        reference = pearson(real, audio_envelope(load_audio(wav), data.num_frames))
+    backend = _lmd_backend(data.meta, [])
+    out: List[AudioEvaluation] = []
+    for item in audio:
+        samples = load_audio(item)
+        tmp = Path(tempfile.mkdtemp(prefix="gt_eval_audio_"))
+        try:
+            n = int(talker.features(samples).shape[0])
+            store = _FrameStore(n, talker.height, talker.width, tmp, "ours")
+            for k, frame in enumerate(talker.frames(samples, batch_size=batch_size)):
+                store.array[k] = frame
+            from .preprocess.landmark_backends import detect
+
+            found = detect(iter(store), backend=backend, assets=assets)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        pts = found.points68.astype(np.float64)
+        pts[~found.found] = np.nan
+        opening = mouth_opening(pts)
+        sc = audio_sync_scores(opening, audio_envelope(samples, n))
+        entry = AudioEvaluation(
+            audio=str(item), frames=n, envelope_pearson=sc.envelope_pearson, best_lag=sc.best_lag,
+            best_lag_pearson=sc.best_lag_pearson, reference_pearson=reference,
+            ratio=sc.envelope_pearson / reference if reference and np.isfinite(reference) else float("nan"),
+            silent_frames=sc.silent_frames, silence_opening=sc.silence_opening, closed_gap=closed,
+            silence_margin=margin,
+            closes_in_silence=None if sc.silence_opening is None else bool(sc.silence_opening <= closed + margin),
+            opening_std=sc.opening_std)
+        log.info("%s: mouth vs audio envelope r %.3f (real footage %.3f), opening in %d silent frames %s "
+                 "(closed %.4f + margin %.4f)", item, entry.envelope_pearson, reference, entry.silent_frames,
+                 "-" if entry.silence_opening is None else f"{entry.silence_opening:.4f}", closed, margin)
+        out.append(entry)
+    if write:
+        _merge_metrics(talker.model_dir, "audio_evaluation", [e.as_dict() for e in out])
+    return out

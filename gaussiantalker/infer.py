@@ -55,7 +55,7 @@ CONTEXT_BEFORE = 4  # frame k reads the windows of frames k-4 .. k+3
 CONTEXT_AFTER = 3
 
 __all__ = [
-    "FeatureKindUnavailableError", "RenderResult", "RenderTimings", "Talker", "is_out_of_memory", "load",
+    "Composite", "FeatureKindUnavailableError", "RenderResult", "RenderTimings", "Talker", "is_out_of_memory", "load",
     "render", "run_batches",
 ]
 
@@ -78,6 +78,14 @@ class RenderTimings:
 
     def as_dict(self) -> Dict[str, float]:
         return {k: round(float(v), 4) for k, v in self.__dict__.items()}
+
+
+@dataclass
+class Composite:
+    """Frames made by :meth:`Talker.compose`."""
+
+    image: Tensor  # [B, 3, H, W] in [0, 1] (not clamped), at the output size
+    alpha: Tensor  # [B, 1, H, W] the head's coverage
 
 
 @dataclass
@@ -194,7 +202,16 @@ class Talker:
         self.model_dir, self.device, self.assets = Path(model_dir), device, assets
         self.iteration = int(loaded.iteration)
         self.audio_kind, self.audio_dim = str(loaded.audio_kind), int(loaded.audio_dim)
-        self.width, self.height, self.focal = int(data.width), int(data.height), float(data.focal)
+        # The model renders the head at its training size (render_width x render_height); the frames a user
+        # gets have the dataset's own size (width x height): a smaller head render is upsampled and composited
+        # over the full-size torso and background.
+        self.render_width, self.render_height, self.focal = int(data.width), int(data.height), float(data.focal)
+        self.full = data if (data.width, data.height) == (data.source_width, data.source_height) else \
+            type(data).open(data.path)
+        self.width, self.height = int(self.full.width), int(self.full.height)
+        #: "utterance": a driving audio's features are brought to the training clip's speech statistics (per
+        #: channel mean / std) before the model reads them; "none": used as they are.
+        self.audio_norm = "none"
         self._extractor = _check_feature_kind(self.audio_kind, self.audio_dim, self.model_dir, assets)
         # The pose sequence: every tracked frame, train then val split, ordered by frame id.
         refs = [(img_id, "train", k) for k, img_id in enumerate(data.train_ids)]
@@ -206,7 +223,7 @@ class Talker:
         splits = {"train": data.split("train"), "val": data.split("val")}
         self.c2w = torch.stack([splits[name].c2w[k] for _, name, k in refs]).float()  # [K, 4, 4]
         self.eye = torch.stack([splits[name].eye[k] for _, name, k in refs]).float()  # [K]
-        self._bg = _BackgroundCache(lambda i: data.bg_torso(self.frame_ids[i]), cache_mb * 2 ** 20)
+        self._bg = _BackgroundCache(lambda i: self.full.bg_torso(self.frame_ids[i]), cache_mb * 2 ** 20)
 
     @property
     def length(self) -> int:
@@ -218,6 +235,11 @@ class Talker:
         from .audio import extract_features
 
         feats = extract_features(audio, kind=self._extractor, fps=FPS)
+        if self.audio_norm == "utterance":
+            from .audio.windows import match_statistics
+
+            return match_statistics(feats.windows, self.model.audio_mean.cpu().numpy(),
+                                    self.model.audio_std.cpu().numpy(), 0 if self.audio_kind == "mfcc" else None)
         return feats.windows
 
     def render_frames(self, windows: Tensor, frames: np.ndarray, schedule: PoseSchedule,
@@ -231,10 +253,7 @@ class Talker:
         Returns:
             ``[B, 3, H, W]`` float32 images in [0, 1] on the model's device.
         """
-        from .camera import cameras_from_transforms
-        from .data import audio_context, camera_condition
-        from .model.types import Conditions
-        from .render.rasterize import render_batch
+        from .data import audio_context
 
         tm = timings if timings is not None else RenderTimings()
         t0 = time.perf_counter()
@@ -245,22 +264,51 @@ class Talker:
         c2w = blend_c2w(self.c2w[i0], self.c2w[i1], wt)
         eye = (1 - wt) * self.eye[i0] + wt * self.eye[i1]
         bg = torch.stack([self._background(a, b, float(x)) for a, b, x in zip(i0, i1, w)])
+        tm.data += time.perf_counter() - t0
+        return self.compose(audio, eye, c2w, bg, tm).image
+
+    def compose(self, audio: Tensor, eye: Tensor, c2w: Tensor, background: Tensor,
+                timings: Optional[RenderTimings] = None) -> Composite:
+        """Render B frames from their conditions and composite them over their backgrounds.
+
+        Args:
+            audio: ``[B, 8, 16, D]`` audio-feature windows (see :func:`gaussiantalker.data.audio_context`).
+            eye: ``[B]`` blink in [0, 1]. c2w: ``[B, 4, 4]`` camera-to-world (scene units).
+            background: ``[B, 3, height, width]`` torso-over-background images at the output size.
+        Returns:
+            :class:`Composite`: ``image [B, 3, height, width]`` and the head's ``alpha [B, 1, height, width]``.
+        """
+        from .camera import cameras_from_transforms
+        from .data import camera_condition
+        from .model.types import Conditions
+        from .render.rasterize import composite_upsampled, render_batch
+
+        tm = timings if timings is not None else RenderTimings()
+        t0 = time.perf_counter()
         cam = camera_condition(c2w.double()).float()  # as the dataset computes it
-        cameras = cameras_from_transforms(c2w.to(self.device), self.focal, self.width, self.height)
-        cond = Conditions(audio, eye[:, None], cam).to(self.device)
-        bg = bg.to(self.device)
+        cameras = cameras_from_transforms(c2w.to(self.device), self.focal, self.render_width, self.render_height)
+        cond = Conditions(audio, eye.reshape(-1, 1).float(), cam).to(self.device)
+        bg = background.to(self.device)
+        upsample = (self.render_width, self.render_height) != (self.width, self.height)
+        # A smaller head render goes over an empty (zero) background: its pixels are then the premultiplied
+        # colour, which upsamples correctly together with its alpha.
+        render_bg = bg.new_zeros(bg.shape[0], 3, self.render_height, self.render_width) if upsample else bg
         t1 = time.perf_counter()
         with torch.no_grad():
             g = self.model.deform("fine", cond)  # eval, no autograd: frame by frame, batch-invariant
             _sync(self.device)
             t2 = time.perf_counter()
-            out = render_batch(g, cameras, bg)
+            out = render_batch(g, cameras, render_bg)
+            if upsample:
+                image, alpha = composite_upsampled(out.image, out.alpha, bg)
+            else:
+                image, alpha = out.image, out.alpha
             _sync(self.device)
         t3 = time.perf_counter()
         tm.data += t1 - t0
         tm.deform += t2 - t1
         tm.rasterize += t3 - t2
-        return out.image
+        return Composite(image, alpha)
 
     def _background(self, i0: int, i1: int, w: float) -> Tensor:
         a = self._bg[i0]

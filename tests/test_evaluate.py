@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from _infer_helpers import trained_model
 
-from gaussiantalker.evaluate import evaluate, mouth_lmd, read_training_curves, svg_line_plot
+from gaussiantalker.evaluate import evaluate, mouth_lmd, read_training_curves
+from gaussiantalker.report import svg_line_plot
 
 
 @pytest.fixture(scope="module")

@@ -322,8 +322,18 @@ def test_frames_without_a_face(shared_data, tmp_path):
     assert (data.path / "ori_imgs" / "41.lms").is_file()
     assert np.isnan(np.load(data.path / "landmarks478.npy")[41]).all()
 
+    # A run too long to interpolate is left out of training (and counted), not a reason to give up the clip.
     long_gap = _blackout(video, tmp_path / "gap12.mp4", 30, 41)
-    with pytest.raises(PreprocessError, match=r"gap12\.mp4: no face in frames 30-41"):
-        preprocess(long_gap, workspace=tmp_path, device="cpu", progress=False, stop_after="landmarks")
-    steps = tmp_path / "data" / "gap12" / ".steps"
+    data = preprocess(long_gap, workspace=tmp_path, device="cpu", progress=False)
+    meta = json.loads((data.path / "meta.json").read_text())
+    assert meta["dropped_frames"]["no_face"] == 12
+    assert set(range(30, 42)) <= set(meta["dropped_frames"]["frames"])
+    train = [f["img_id"] for f in json.loads((data.path / "transforms_train.json").read_text())["frames"]]
+    assert not set(range(30, 42)) & set(train) and {29, 42} <= set(train)
+
+    # Too little face left: one clear error naming the file, nothing past the frames step.
+    mostly_dark = _blackout(video, tmp_path / "dark.mp4", 10, 74)
+    with pytest.raises(PreprocessError, match=r"dark\.mp4: a face is visible in only 10 of 75 frames"):
+        preprocess(mostly_dark, workspace=tmp_path, device="cpu", progress=False, stop_after="landmarks")
+    steps = tmp_path / "data" / "dark" / ".steps"
     assert (steps / "frames.json").exists() and not (steps / "landmarks.json").exists()

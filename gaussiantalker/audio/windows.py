@@ -30,7 +30,7 @@ CENTER = 8
 
 __all__ = [
     "CENTER", "HOP", "ROW_RATE", "WINDOW", "check_windows", "frame_count", "last_row_needed", "make_windows",
-    "rows_for_duration", "window_positions",
+    "match_statistics", "rows_for_duration", "speech_statistics", "window_positions",
 ]
 
 
@@ -117,3 +117,31 @@ def check_windows(windows: np.ndarray, name: str = "windows", dim: Optional[int]
         want = f"[F, {WINDOW}, {dim if dim is not None else 'D'}]"
         raise ValueError(f"{name} must be {want}, got shape {tuple(w.shape)}")
     return w
+
+
+def speech_statistics(windows: np.ndarray, energy_channel: Optional[int] = None) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel mean and std ``([D], [D])`` of the rows of ``[M, 16, D]`` windows, over speech: rows whose
+    ``energy_channel`` (0 for mfcc: log energy) is above the 30th percentile of the clip's, so that pauses and
+    silence do not set a voice's statistics (all rows when ``energy_channel`` is None). Zero-padded edge rows
+    are left out."""
+    w = np.asarray(windows, np.float64)
+    rows = w.reshape(-1, w.shape[-1])
+    rows = rows[np.any(rows != 0.0, axis=1)]
+    if rows.shape[0] == 0:
+        return np.zeros(w.shape[-1]), np.ones(w.shape[-1])
+    if energy_channel is not None:
+        e = rows[:, energy_channel]
+        loud = rows[e > np.percentile(e, 30)]
+        rows = loud if loud.shape[0] >= 8 else rows
+    return rows.mean(0), np.maximum(rows.std(0), 1e-6)
+
+
+def match_statistics(windows: np.ndarray, mean: np.ndarray, std: np.ndarray,
+                     energy_channel: Optional[int] = None) -> np.ndarray:
+    """``windows`` ``[M, 16, D]`` moved so that their speech statistics (:func:`speech_statistics`) become
+    ``mean`` / ``std`` (per channel): another voice, microphone or level brought to the training clip's range.
+    Zero-padded rows stay zero."""
+    w = np.asarray(windows, np.float32)
+    mu, sd = speech_statistics(w, energy_channel)
+    out = (w - mu) / sd * np.asarray(std, np.float64) + np.asarray(mean, np.float64)
+    return np.where(np.any(w != 0.0, axis=-1, keepdims=True), out, 0.0).astype(np.float32)

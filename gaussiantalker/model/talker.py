@@ -87,6 +87,21 @@ class GaussianTalkerModel(nn.Module):
         self.cam_encoder = mlp([12, 64, h.d_model], bias=False)
         self.null_token = nn.Parameter(torch.randn(1, 1, h.d_model))
         self.attention = SpatialAudioAttention(h.d_model, h.n_head, h.ffn_hidden, h.n_layer, h.drop_prob)
+        # Lip-code models: audio -> predicted lip code (taught by the tracked landmarks), code -> the first token.
+        self.lip_dim = int(h.lip_code_dim)
+        if self.lip_dim:
+            self.lip_predictor = nn.Sequential(nn.ReLU(), nn.Dropout(0.3), nn.Linear(h.d_model, self.lip_dim))
+            self.lip_encoder = mlp([self.lip_dim, 64, h.d_model], bias=False)
+            # Calibration of predicted codes (set by the trainer): centre + gain * (p - centre), clamped to the
+            # tracked codes' range. Regression toward the mean shrinks a predictor's swing on unseen audio.
+            self.register_buffer("lip_center", torch.zeros(self.lip_dim))
+            self.register_buffer("lip_gain", torch.ones(self.lip_dim))
+            self.register_buffer("lip_low", torch.full((self.lip_dim,), -4.0))
+            self.register_buffer("lip_high", torch.full((self.lip_dim,), 4.0))
+        # Per-coefficient mean / std of the training clip's audio features (set by the trainer): renders can
+        # bring another voice's features to the same statistics (see gaussiantalker.infer).
+        self.register_buffer("audio_mean", torch.zeros(self.audio_dim))
+        self.register_buffer("audio_std", torch.ones(self.audio_dim))
         self.offset_heads = nn.ModuleDict({
             name: head(h.d_model, h.net_width, dim) for name, dim in OFFSET_HEADS.items()
             if not getattr(h, _HEAD_FLAG[name])
@@ -175,7 +190,9 @@ class GaussianTalkerModel(nn.Module):
             if "shs" not in self.factors:
                 groups["f_dc"], groups["f_rest"] = [self.features_dc], [self.features_rest]
         elif stage == "fine":
-            groups["deformation"] = (list(self.audio_encoder.parameters()) + list(self.eye_encoder.parameters())
+            # A lip-code model trains its audio path with its own optimizer (lip_parameters), in both stages.
+            first = list(self.lip_encoder.parameters()) if self.lip_dim else list(self.audio_encoder.parameters())
+            groups["deformation"] = (first + list(self.eye_encoder.parameters())
                                      + list(self.cam_encoder.parameters()) + [self.null_token]
                                      + list(self.attention.parameters()) + list(self.offset_heads.parameters()))
             groups.update(opacity=[self.opacity], f_dc=[self.features_dc], f_rest=[self.features_rest])
@@ -230,9 +247,32 @@ class GaussianTalkerModel(nn.Module):
         self.fine_ready.fill_(True)
         self._cache = None
 
+    def lip_parameters(self) -> list[nn.Parameter]:
+        """The audio -> lip-code predictor's parameters (lip-code models; [] otherwise)."""
+        if not self.lip_dim:
+            return []
+        return list(self.audio_encoder.parameters()) + list(self.lip_predictor.parameters())
+
+    def predict_lips(self, audio: Tensor) -> Tensor:
+        """Raw lip codes predicted from audio windows ``[B, 8, 16, D]`` -> ``[B, K]`` (lip-code models)."""
+        if not self.lip_dim:
+            raise ValueError("this model has no lip code (ModelHiddenParams.lip_code_dim = 0)")
+        token, _ = self.audio_encoder(audio)
+        return self.lip_predictor(token)
+
+    def lip_code(self, audio: Tensor) -> Tensor:
+        """The calibrated code a render uses: ``clamp(centre + gain * (predicted - centre), low, high)``, ``[B, K]``."""
+        p = self.predict_lips(audio)
+        p = self.lip_center + self.lip_gain * (p - self.lip_center)
+        return torch.maximum(torch.minimum(p, self.lip_high), self.lip_low)
+
     def encode_conditions(self, cond: Conditions) -> Tensor:
-        """The condition tokens ``[B, 4, d_model]``: audio, eye, camera, null."""
-        audio, _ = self.audio_encoder(cond.audio)
+        """The condition tokens ``[B, 4, d_model]``: audio (or lip code), eye, camera, null."""
+        if self.lip_dim:
+            code = cond.lips[:, : self.lip_dim] if cond.lips is not None else self.lip_code(cond.audio)
+            audio = self.lip_encoder(code)
+        else:
+            audio, _ = self.audio_encoder(cond.audio)
         eye = self.eye_encoder(cond.eye)
         cam = self.cam_encoder(cond.cam)
         null = self.null_token.expand(cond.batch_size, 1, -1)
@@ -292,7 +332,7 @@ class GaussianTalkerModel(nn.Module):
         # for different row counts, so a batched encoder would make a frame's pixels depend on its batch.
         sides = []  # per frame, per layer: keys [1, d, 8], values [1, 8, d]
         for i in range(b):
-            tokens = self.encode_conditions(Conditions(cond.audio[i:i + 1], cond.eye[i:i + 1], cond.cam[i:i + 1]))
+            tokens = self.encode_conditions(cond.rows(i, i + 1))
             sides.append([layer.token_side(tokens) for layer in layers])
         feats = self.triplane_features()  # [N, d]
         heads = self.offset_heads
@@ -321,8 +361,15 @@ class GaussianTalkerModel(nn.Module):
                         attrs[attr][i, s:e] += out[head_name]
                 if "dshs" in out:
                     shs[i, s:e] += out["dshs"].view(e - s, 16, 3)[:, :k]
-        return _activate(attrs["xyz"], attrs["scaling"], attrs["rotation"], attrs["opacity"], shs, sh_degree,
-                         attention, b)
+        # Activations frame by frame too: vectorised exp / sigmoid round their last partial SIMD block differently
+        # from full blocks, so a [B, N] tensor would give a frame other bits than its own [1, N] one (1 ulp,
+        # seen with AVX-512 and N = 600).
+        frames = [_activate(attrs["xyz"][i:i + 1], attrs["scaling"][i:i + 1], attrs["rotation"][i:i + 1],
+                            attrs["opacity"][i:i + 1], shs[i:i + 1], sh_degree, None, 1) for i in range(b)]
+        return GaussianBatch(
+            means=torch.cat([f.means for f in frames]), scales=torch.cat([f.scales for f in frames]),
+            rotations=torch.cat([f.rotations for f in frames]), opacities=torch.cat([f.opacities for f in frames]),
+            shs=torch.cat([f.shs for f in frames]), sh_degree=sh_degree, attention=attention)
 
     def train(self, mode: bool = True) -> GaussianTalkerModel:
         self._cache = None
@@ -330,6 +377,8 @@ class GaussianTalkerModel(nn.Module):
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         self._cache = None
+        for name in ("audio_mean", "audio_std"):  # models saved before these buffers existed: no normalisation
+            state_dict.setdefault(prefix + name, getattr(self, name).detach().clone())
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 

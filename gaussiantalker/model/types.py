@@ -29,6 +29,7 @@ class Conditions:
     audio: Tensor  # [B, 8, 16, D] audio-feature windows k-4 .. k+3 (time-major), zero-padded
     eye: Tensor  # [B, 1] blink in [0, 1]
     cam: Tensor  # [B, 12] world-to-camera R (row-major) then t, scene units
+    lips: Tensor | None = None  # [B, K] tracked lip codes (training of a lip-code model); None = from the audio
 
     def __post_init__(self) -> None:
         a, e, c = self.audio, self.eye, self.cam
@@ -39,6 +40,8 @@ class Conditions:
             raise ValueError(f"Conditions.eye must have shape [{b}, 1], got {tuple(e.shape)}")
         if tuple(c.shape) != (b, 12):
             raise ValueError(f"Conditions.cam must have shape [{b}, 12], got {tuple(c.shape)}")
+        if self.lips is not None and (self.lips.ndim != 2 or self.lips.shape[0] != b):
+            raise ValueError(f"Conditions.lips must have shape [{b}, K], got {tuple(self.lips.shape)}")
 
     @property
     def batch_size(self) -> int:
@@ -46,8 +49,14 @@ class Conditions:
 
     def to(self, device) -> Conditions:
         """The same conditions as float32 tensors on ``device``."""
+        lips = None if self.lips is None else self.lips.to(device, torch.float32)
         return Conditions(self.audio.to(device, torch.float32), self.eye.to(device, torch.float32),
-                          self.cam.to(device, torch.float32))
+                          self.cam.to(device, torch.float32), lips)
+
+    def rows(self, start: int, stop: int) -> Conditions:
+        """The conditions of frames ``start .. stop-1``."""
+        lips = None if self.lips is None else self.lips[start:stop]
+        return Conditions(self.audio[start:stop], self.eye[start:stop], self.cam[start:stop], lips)
 
 
 @dataclass

@@ -49,6 +49,8 @@ from .steps import (
 logger = logging.getLogger(__name__)
 
 MAX_GAP = 5
+#: Fewest frames with a face a video must have (2 s at 25 fps).
+MIN_FACE_FRAMES = 50
 """Longest run of frames without a face that is interpolated (longer runs are an error)."""
 BACKGROUND_SAMPLES = 12
 """At least this many frames feed the background plate (every 20th frame as the original, or denser)."""
@@ -250,14 +252,20 @@ class LandmarksStep(Step):
                                   "one person facing the camera")
         gaps = missing_ranges(res.found)
         long = [(a, b) for a, b in gaps if b - a + 1 > MAX_GAP]
+        dropped = sum(b - a + 1 for a, b in long)
+        if n - dropped < MIN_FACE_FRAMES:
+            raise PreprocessError(f"{video}: a face is visible in only {n - dropped} of {n} frames; the method needs "
+                                  f"at least {MIN_FACE_FRAMES} frames (2 s) of one person facing the camera")
         if long:
+            # Runs too long to interpolate are kept as files (every step works on all frames) but left out of
+            # the training and held-out splits by the tracking step.
             shown = ", ".join(f"{a}-{b}" for a, b in long[:10]) + (" ..." if len(long) > 10 else "")
-            raise PreprocessError(
-                f"{video}: no face in frames {shown} (runs longer than {MAX_GAP} frames cannot be interpolated); "
-                "cut those parts out of the video")
-        if gaps:
+            logger.warning("%s: no face in frames %s (runs longer than %d frames): %d frames left out of training",
+                           video, shown, MAX_GAP, dropped)
+        short = [(a, b) for a, b in gaps if b - a + 1 <= MAX_GAP]
+        if short:
             logger.warning("%s: no face in frames %s; landmarks interpolated", video,
-                           ", ".join(f"{a}-{b}" for a, b in gaps))
+                           ", ".join(f"{a}-{b}" for a, b in short))
         pts68 = interpolate_gaps(res.points68, res.found)
         for i in range(n):
             write_lms(frame_path(folder, i, ".lms"), pts68[i])
@@ -268,7 +276,8 @@ class LandmarksStep(Step):
         elif lm478.exists():
             lm478.unlink()
         return StepResult({"backend": res.backend, "frames_with_face": int(res.found.sum()),
-                           "missing_faces": [list(g) for g in gaps], "warnings": res.warnings})
+                           "missing_faces": [list(g) for g in gaps], "long_gaps": [list(g) for g in long],
+                           "warnings": res.warnings})
 
 
 class BlinkStep(Step):
@@ -384,15 +393,25 @@ class TrackingStep(Step):
         size = (int(ctx.info("frames")["height"]), int(ctx.info("frames")["width"]))
         result = fit_landmarks(read_all_lms(ctx), model, size, config, o.device)
         frames = iter_frames(ctx.path("ori_imgs"), range(n))
-        out = write_tracking_outputs(ctx.folder, result, frames)
-        from .tracking.outputs import split_index
+        from .tracking.outputs import split_index, tracking_outliers
 
+        no_face = np.zeros(n, bool)
+        for a, b in ctx.info("landmarks").get("long_gaps", []):
+            no_face[a:b + 1] = True
+        outliers = tracking_outliers(result) & ~no_face
+        if outliers.any():
+            logger.warning("%s: %d frames whose tracking is an outlier (landmark fit error far above the clip's) are "
+                           "left out of training: %s", o.video, int(outliers.sum()),
+                           ", ".join(str(i) for i in np.flatnonzero(outliers)[:20]))
+        out = write_tracking_outputs(ctx.folder, result, frames, exclude=np.flatnonzero(no_face | outliers))
         cut = split_index(n)
         backend = "bfm" if "bfm" in out.model.lower() else "offline"
         return StepResult({"backend": backend, "model": out.model, "focal": out.focal,
                            "median_reprojection_px": round(out.median_reprojection_px, 4),
                            "median_jitter_deg": round(out.median_jitter_deg, 4),
-                           "split": {"train": [0, cut], "val": [cut, n]}})
+                           "split": {"train": [0, cut], "val": [cut, n]},
+                           "dropped": {"no_face": int(no_face.sum()), "tracking_outliers": int(outliers.sum()),
+                                       "frames": [int(i) for i in np.flatnonzero(no_face | outliers)]}})
 
 
 class ParsingStep(Step):
@@ -561,7 +580,8 @@ def build_meta(ctx: Context) -> Dict[str, Any]:
         "split": track.get("split", {"train": [0, cut], "val": [cut, n]}),
         "missing_faces": m["landmarks"]["missing_faces"],
         "frames_with_face": m["landmarks"]["frames_with_face"],
-        "tracking": {k: v for k, v in track.items() if k not in ("split", "backend")},
+        "dropped_frames": track.get("dropped", {"no_face": 0, "tracking_outliers": 0, "frames": []}),
+        "tracking": {k: v for k, v in track.items() if k not in ("split", "backend", "dropped")},
         "blink": {k: v for k, v in m.get("blink", {}).items() if k != "backend"},
         "timings": {k: ctx.markers[k]["seconds"] for k in ctx.markers},
     }

@@ -83,4 +83,24 @@ def render_batch(g: GaussianBatch, cameras: CameraMatrices, background: Tensor) 
     return RenderOutput(image=out.color, depth=out.depth, alpha=out.alpha, radii=out.radii, means2d=means2d)
 
 
-__all__ = ["RenderOutput", "render_batch"]
+__all__ = ["RenderOutput", "composite_upsampled", "render_batch"]
+
+
+def composite_upsampled(color: Tensor, alpha: Tensor, background: Tensor) -> tuple[Tensor, Tensor]:
+    """A head rendered small over a zero background, brought to the background's size and composited on it.
+
+    Args:
+        color: ``[B, 3, h, w]`` premultiplied colour (a render over a zero background).
+        alpha: ``[B, 1, h, w]`` its accumulated opacity.
+        background: ``[B, 3, H, W]`` (H >= h, W >= w).
+    Returns:
+        ``(image [B, 3, H, W], alpha [B, 1, H, W])``: ``color' + (1 - alpha') background`` where ``color'`` and
+        ``alpha'`` are bicubically upsampled (sharper than bilinear; overshoot clamped to [0, alpha']).
+    """
+    import torch.nn.functional as F
+
+    size = tuple(background.shape[-2:])
+    a = F.interpolate(alpha, size=size, mode="bicubic", align_corners=False).clamp(0.0, 1.0)
+    c = F.interpolate(color, size=size, mode="bicubic", align_corners=False)
+    c = torch.minimum(c.clamp_min(0.0), a)  # premultiplied: no channel above its alpha
+    return c + (1.0 - a) * background, a

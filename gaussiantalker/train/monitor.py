@@ -56,31 +56,39 @@ class Monitor:
         writing = self.writer is not None
         scalars = writing and iteration % self.log_every == 0
         images = writing and self.preview_every > 0 and iteration % self.preview_every == 0
-        if iteration % 10 and not scalars and not images:
+        mouth = result.get("mouth") or {}
+        if iteration % 10 and not scalars and not images and not mouth:
             return  # reading the loss synchronises a GPU: only every 10 iterations for the bar
         loss, psnr = float(result["loss"]), float(result["psnr"])
         for key, value in (("loss", loss), ("psnr", psnr)):
             self.ema[key] = value if key not in self.ema else 0.6 * self.ema[key] + 0.4 * value
         self.bar.set_postfix(stage=stage, loss=f"{self.ema['loss']:.4f}", psnr=f"{self.ema['psnr']:.2f}",
                              points=num_points, refresh=False)
-        if iteration % 10 == 0:
-            self._report(iteration, stage, num_points)
+        if iteration % 10 == 0 or mouth:
+            self._report(iteration, stage, num_points, mouth)
         if scalars:
             self.writer.add_scalar(f"{stage}/loss", loss, iteration)
             self.writer.add_scalar(f"{stage}/psnr", psnr, iteration)
             self.writer.add_scalar(f"{stage}/points", num_points, iteration)
             for key, value in result["parts"].items():
                 self.writer.add_scalar(f"{stage}/{key}", float(value), iteration)
+        if writing:
+            for key, value in mouth.items():  # held-out lip sync at each preview: watch it arrive (or not)
+                self.writer.add_scalar(f"{stage}/{key}", float(value), iteration)
         if images:
             self.writer.add_image(f"{stage}/preview", preview(result["batch"].target[0], result["out"].image[0]),
                                   iteration)
 
-    def _report(self, iteration: int, stage: str, num_points: int) -> None:
+    def _report(self, iteration: int, stage: str, num_points: int, mouth: Optional[dict] = None) -> None:
         """A line in ``train_log.jsonl`` (read by the evaluation report) and the caller's callback."""
         elapsed = time.perf_counter() - self.start
         # loss / psnr smoothed as on the bar (one batch is noisy); elapsed counts from this (resumed) run's start
         record = {"iteration": iteration, "stage": stage, "loss": self.ema["loss"], "psnr": self.ema["psnr"],
                   "points": num_points, "elapsed": round(elapsed, 3)}
+        record.update({k: round(float(v), 4) for k, v in (mouth or {}).items()})
+        if mouth:
+            log.info("%s iteration %d: held-out mouth opening r %.3f, amplitude %.2f", stage, iteration,
+                     record.get("val_mouth_r", float("nan")), record.get("val_mouth_amplitude", float("nan")))
         with open(self.log_path, "a", encoding="utf-8") as f:  # append-only log: a torn last line is skipped
             f.write(json.dumps(record) + "\n")
         if self.callback is not None:

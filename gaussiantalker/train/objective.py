@@ -67,7 +67,7 @@ class Objective:
             parts["perceptual"] = p.detach()
         if self.o.lip_fine_tuning:
             lips = lip_l1(img, target, lips_rect)
-            total = total + W_LIPS * lips
+            total = total + float(self.o.lip_weight) * lips
             parts["lips"] = lips.detach()
         if self.o.depth_fine_tuning:
             mask = head_mask_term(out.alpha, head_mask, kind="alpha")

@@ -122,6 +122,8 @@ class Trainer:
         self.state = _Progress()
         self.model: GaussianTalkerModel | None = None
         self.optimizer: torch.optim.Optimizer | None = None
+        self.lip_optimizer: torch.optim.Optimizer | None = None
+        self._lip_loss: torch.Tensor | None = None
         self.strategy: DensifyStrategy | None = None
 
     # ------------------------------------------------------------------ setup
@@ -150,12 +152,21 @@ class Trainer:
         xyz, rgb = self.data.point_cloud()
         gen = torch.Generator().manual_seed(seed)
         self.model = GaussianTalkerModel.from_point_cloud(xyz, rgb, self.config, self.data.audio_dim, gen)
+        from ..audio.windows import speech_statistics
+
+        mean, std = speech_statistics(self.train_split.audio.numpy(), 0 if self.data.audio_kind == "mfcc" else None)
+        with torch.no_grad():
+            self.model.audio_mean.copy_(torch.from_numpy(mean).float())
+            self.model.audio_std.copy_(torch.from_numpy(std).float())
         self.model.to(self.device).train()
         self.state = _Progress()
+        self.lip_optimizer = self._make_lip_optimizer()
         self._begin_stage("coarse")
 
     def _begin_stage(self, stage: str) -> None:
         if stage == "fine":
+            if not bool(self.model.fine_ready):
+                self._calibrate_lips()
             self.model.start_fine()
         self.optimizer = self._make_optimizer(stage)
         self.strategy = DensifyStrategy(self.config, self.extent, stage)
@@ -170,6 +181,71 @@ class Trainer:
             groups = [g for g in groups if g["name"] != "grid"]
         return torch.optim.Adam(groups, lr=0.0, eps=1e-15)
 
+    # ------------------------------------------------------------------ the audio -> lip-code predictor
+
+    def _make_lip_optimizer(self) -> torch.optim.Optimizer | None:
+        params = self.model.lip_parameters()
+        if not params:
+            return None
+        return torch.optim.AdamW(params, lr=float(self.config.optimization.lip_code_lr), weight_decay=0.01)
+
+    def _lip_pool(self, stage: str) -> int:
+        """Training frames the predictor learns from: all but the held-out tail in the coarse stage."""
+        n = len(self.train_split)
+        hold = int(n * float(self.config.optimization.lip_code_holdout))
+        return n - hold if stage == "coarse" and n - hold >= 8 else n
+
+    def _lip_step(self, stage: str) -> None:
+        """One step of the audio -> lip-code regression on random training frames (MSE on the tracked codes,
+        feature noise as augmentation). Seeded by the iteration, so a resumed run draws the same batches."""
+        if self.lip_optimizer is None:
+            return
+        from ..data import audio_context
+
+        o, model = self.config.optimization, self.model
+        g = torch.Generator().manual_seed(int(o.seed) * 7_919 + self.state.global_iteration)
+        idx = torch.randint(0, self._lip_pool(stage), (int(o.lip_code_batch),), generator=g)
+        audio = audio_context(self.train_split.audio, idx)
+        audio = audio + 0.1 * torch.randn(audio.shape, generator=g)
+        target = self.train_split.lips[idx, : model.lip_dim]
+        loss = (model.predict_lips(audio.to(self.device)) - target.to(self.device)).square().mean()
+        self.lip_optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.lip_optimizer.step()
+        self.lip_optimizer.zero_grad(set_to_none=True)
+        self._lip_loss = loss.detach()
+
+    @torch.no_grad()
+    def _calibrate_lips(self) -> None:
+        """Set the predicted codes' calibration from the frames the predictor has not seen (the held-out tail of the
+        training split): per component, gain = std(tracked) / std(predicted) in [1, 2] (a regression shrinks
+        its swing on unseen audio; the gain restores it), and the clamp range of the tracked codes."""
+        model = self.model
+        if not model.lip_dim:
+            return
+        from ..data import audio_context
+
+        lips = self.train_split.lips[:, : model.lip_dim]
+        with torch.no_grad():
+            model.lip_center.copy_(lips.mean(0))
+            span = lips.max(0).values - lips.min(0).values
+            model.lip_low.copy_(lips.min(0).values - 0.1 * span)
+            model.lip_high.copy_(lips.max(0).values + 0.1 * span)
+        start, n = self._lip_pool("coarse"), len(self.train_split)
+        if n - start < 8 or self.state.global_iteration < 100:  # the predictor steps once per iteration
+            log.info("lip code: no calibration (too few held-out frames or predictor steps); gain 1")
+            return
+        was = model.training
+        model.eval()
+        pred = model.predict_lips(audio_context(self.train_split.audio, torch.arange(start, n)).to(self.device)).cpu()
+        model.train(was)
+        true = lips[start:n]
+        gain = (true.std(0) / pred.std(0).clamp_min(1e-6)).clamp(1.0, 2.0)
+        r = [float(torch.corrcoef(torch.stack([pred[:, j], true[:, j]]))[0, 1]) for j in range(model.lip_dim)]
+        model.lip_gain.copy_(gain.to(model.lip_gain.device))
+        log.info("lip code: held-out correlation per component %s, gain %s", [round(x, 2) for x in r],
+                 [round(float(x), 2) for x in gain])
+
     def _resume(self, path: Path) -> None:
         ckpt = load_checkpoint(path)
         p = ckpt["progress"]
@@ -183,6 +259,9 @@ class Trainer:
         self.model = model.to(self.device).train()
         self.optimizer = self._make_optimizer(self.state.stage)
         self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.lip_optimizer = self._make_lip_optimizer()
+        if self.lip_optimizer is not None and ckpt.get("lip_optimizer"):
+            self.lip_optimizer.load_state_dict(ckpt["lip_optimizer"])
         self.strategy = DensifyStrategy(self.config, self.extent, self.state.stage)
         self.strategy.load_state_dict(ckpt["strategy"], self.device)
         set_rng_state(ckpt["rng"], self.device)
@@ -210,6 +289,7 @@ class Trainer:
                          "global_iteration": s.global_iteration},
             "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
             "optimizer": _to_cpu(self.optimizer.state_dict()),
+            "lip_optimizer": _to_cpu(self.lip_optimizer.state_dict()) if self.lip_optimizer is not None else None,
             "scheduler": {"stage": s.stage, "step": s.stage_iteration, "lr": self.lrs.at(s.stage_iteration)},
             "strategy": self.strategy.state_dict(),
             "rng": rng_state(self.device),
@@ -247,7 +327,13 @@ class Trainer:
         if it % 1000 == 0 and int(model.active_sh_degree) < model.max_sh_degree:
             model.active_sh_degree += 1
         batch = batch.to(self.device, non_blocking=True)
-        cond = Conditions(batch.audio, batch.eye, batch.cam).to(self.device) if stage == "fine" else None
+        cond = None
+        if stage == "fine":
+            lips = None
+            if model.lip_dim:  # teacher forcing: the tracked code, with noise the predicted codes will bring
+                lips = batch.lips[:, : model.lip_dim]
+                lips = lips + float(self.config.optimization.lip_code_noise) * torch.randn_like(lips)
+            cond = Conditions(batch.audio, batch.eye, batch.cam, lips).to(self.device)
         g = model.deform(stage, cond)
         finite = torch.stack([torch.isfinite(t).all() for t in (g.means, g.scales, g.rotations, g.opacities, g.shs)])
         if not bool(finite.all()):
@@ -265,6 +351,9 @@ class Trainer:
         opt.step()
         opt.zero_grad(set_to_none=True)
         self.strategy.step(it, model, opt)
+        self._lip_step(stage)
+        if self._lip_loss is not None:
+            terms.parts["lip_code"] = self._lip_loss
         return {"loss": loss.detach(), "psnr": psnr(out.image.detach().clamp(0, 1), batch.target), "out": out,
                 "batch": batch, "parts": terms.parts}
 
@@ -305,6 +394,8 @@ class Trainer:
                         if stage == "fine":
                             save_iteration(self.model_dir, it, self.model)
                         self.save_checkpoint()
+                    if stage == "fine" and self._preview_due(it):
+                        result["mouth"] = self.held_out_mouth()
                     try:
                         monitor.update(g, stage, self.model.num_points, result)
                     except BaseException:  # the caller's callback stopped us: between iterations, so resumable
@@ -336,6 +427,49 @@ class Trainer:
                      config=self.config, audio_kind=self.data.audio_kind, metrics=metrics or {})
 
     # ------------------------------------------------------------------ evaluation
+
+    def _preview_due(self, it: int) -> bool:
+        every = int(self.config.optimization.preview_every)
+        return bool(every > 0 and (it % every == 0 or it == self.totals["fine"]))
+
+    @torch.no_grad()
+    def held_out_mouth(self, max_frames: int = 100) -> dict[str, float]:
+        """Lip sync on the held-out frames so far: the first ``max_frames`` rendered with their own audio and
+        poses at the training size, landmarks detected on them, and their mouth opening compared with the real
+        frames' tracked one (Pearson r, amplitude ratio). ``{}`` when there is no held-out split or no
+        landmark backend."""
+        from ..data import collate
+        from ..lipsync import lip_sync_scores, mouth_opening
+        from ..preprocess.landmark_backends import BackendUnavailableError, detect
+        from ..render.video import to_uint8
+
+        split = self.data.split("val")
+        n = min(len(split), int(max_frames))
+        if n < 3:
+            return {}
+        model = self.model
+        model.eval()
+        frames = []
+        try:
+            bs = max(1, int(self.config.optimization.batch_size))
+            for a in range(0, n, bs):
+                batch = collate([split[k] for k in range(a, min(a + bs, n))]).to(self.device)
+                g = model.deform("fine", Conditions(batch.audio, batch.eye, batch.cam).to(self.device))
+                frames += list(to_uint8(render_batch(g, batch.cameras, batch.bg_torso).image.clamp(0, 1)))
+        finally:
+            model.train()
+        backend = str((self.data.meta.get("backends") or {}).get("landmarks") or "mediapipe")
+        try:
+            found = detect(iter(frames), backend=backend if backend in ("mediapipe", "dlib", "face-alignment")
+                           else "mediapipe")
+        except BackendUnavailableError as exc:
+            log.debug("no held-out mouth preview: %s", exc)
+            return {}
+        pts = found.points68.astype(np.float64)
+        pts[~found.found] = np.nan
+        real = self.data.mouth_opening[torch.tensor(self.data.val_ids[:n])].numpy()
+        sc = lip_sync_scores(mouth_opening(pts), real)
+        return {"val_mouth_r": sc.pearson, "val_mouth_amplitude": sc.amplitude_ratio}
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:

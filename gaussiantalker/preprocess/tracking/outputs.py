@@ -60,12 +60,21 @@ def split_index(num_frames: int) -> int:
     return int(num_frames * 10 / 11)
 
 
+def tracking_outliers(result: TrackingResult, factor: float = 4.0, floor_px: float = 3.0) -> np.ndarray:
+    """``[F]`` bool: frames whose mean landmark fit error is above ``factor`` x the clip's median frame error and
+    above ``floor_px`` pixels (a lost or wrong track: a hand before the face, a landmark detector that jumped)."""
+    err = result.reprojection_error().mean(1).double().numpy()  # [F] pixels
+    return (err > factor * float(np.median(err))) & (err > floor_px)
+
+
 def write_transforms(folder: PathLike, result: TrackingResult,
-                     frame_ids: Optional[Sequence[int]] = None) -> Dict[str, Path]:
+                     frame_ids: Optional[Sequence[int]] = None, exclude: Sequence[int] = ()) -> Dict[str, Path]:
     """``transforms_train.json`` and ``transforms_val.json`` in ``folder``.
 
     Args:
         frame_ids: image index of each tracked frame (default ``0..F-1``); also used as ``aud_id``.
+        exclude: positions of tracked frames left out of both splits (no face, tracking outliers); the split
+            point stays where it is for the whole clip.
     """
     n = result.num_frames
     ids = list(range(n)) if frame_ids is None else [int(i) for i in frame_ids]
@@ -75,8 +84,13 @@ def write_transforms(folder: PathLike, result: TrackingResult,
     frames = [{"img_id": i, "aud_id": i, "transform_matrix": m.tolist()} for i, m in zip(ids, c2w)]
     h, w = result.image_size
     cut = split_index(n)
+    drop = {int(i) for i in exclude}
+    keep = [k for k in range(n) if k not in drop]
+    if not any(k < cut for k in keep) or not any(k >= cut for k in keep):
+        # Never an empty split: the original's split of the whole clip if the exclusions would empty one.
+        keep = list(range(n))
     out = {}
-    for name, part in (("train", frames[:cut]), ("val", frames[cut:])):
+    for name, part in (("train", [frames[k] for k in keep if k < cut]), ("val", [frames[k] for k in keep if k >= cut])):
         doc = {"focal_len": float(result.focal), "cx": float(w / 2), "cy": float(h / 2), "frames": part}
         path = Path(folder) / f"transforms_{name}.json"
         out[name] = atomic_write(path, lambda tmp, d=doc: tmp.write_text(json.dumps(d, indent=1)))
@@ -200,12 +214,13 @@ class TrackingOutputs:
 
 def write_tracking_outputs(folder: PathLike, result: TrackingResult, frames: Optional[Iterable[np.ndarray]] = None,
                            frame_ids: Optional[Sequence[int]] = None, num_points: int = 30000,
-                           preview_name: str = "track_preview.mp4") -> TrackingOutputs:
-    """Write all tracking outputs into ``folder`` (the preview only when ``frames`` are given)."""
+                           preview_name: str = "track_preview.mp4", exclude: Sequence[int] = ()) -> TrackingOutputs:
+    """Write all tracking outputs into ``folder`` (the preview only when ``frames`` are given); ``exclude``: see
+    :func:`write_transforms`."""
     folder = Path(folder)
     cloud = canonical_point_cloud(result, num_points)  # points3d.ply, and track_params.pt's vertices
     params = write_track_params(folder / "track_params.pt", result, cloud)
-    tf = write_transforms(folder, result, frame_ids)
+    tf = write_transforms(folder, result, frame_ids, exclude)
     ply = write_point_cloud(folder / "points3d.ply", result, num_points, cloud)
     preview = write_preview(folder / preview_name, frames, result) if frames is not None else None
     jitter = result.rotation_jitter_deg()
@@ -218,4 +233,5 @@ def write_tracking_outputs(folder: PathLike, result: TrackingResult, frames: Opt
 
 
 __all__ = ["write_track_params", "write_transforms", "canonical_point_cloud", "write_point_cloud",
-           "write_preview", "render_preview_frame", "write_tracking_outputs", "TrackingOutputs", "split_index"]
+           "write_preview", "render_preview_frame", "write_tracking_outputs", "TrackingOutputs", "split_index",
+           "tracking_outliers"]
