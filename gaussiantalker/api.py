@@ -47,6 +47,16 @@ def _device(device: Any) -> str:
     return str(resolve_device(device))
 
 
+def _device_with_kernels(device: Any) -> str:
+    """:func:`_device`, and the compiled kernels for it present (``NativeKernelsError`` with the build
+    command otherwise): a CUDA torch without our CUDA kernels fails here, not after preprocessing."""
+    from .devices import check_native_kernels
+
+    dev = _device(device)
+    check_native_kernels(dev)
+    return dev
+
+
 def _existing_file(path: PathLike, what: str) -> Path:
     p = Path(path).expanduser()
     if not p.exists():
@@ -138,6 +148,7 @@ def train(
     assets: Optional[PathLike] = None,
     au_csv: Optional[PathLike] = None,
     callback: Optional[ProgressCallback] = None,
+    backends: Optional[Dict[str, str]] = None,
 ) -> Model:
     """Train a talking-head model; resumes from the newest checkpoint of ``<workspace>/output/<name>/``.
 
@@ -158,6 +169,8 @@ def train(
         callback: called with a :class:`Progress` at each preprocessing step, every 10 iterations and before
             the final evaluation (see :mod:`gaussiantalker.progress`); an exception it raises stops the work,
             keeping what is saved (the next call resumes).
+        backends: preprocessing backends for a video input (see :func:`preprocess`), e.g.
+            ``{"landmarks": "dlib", "audio": "deepspeech"}``.
 
     Returns:
         the ``Model`` (``.path``, ``.name``, ``.iteration``, ``.config``, ``.audio_kind``, ``.metrics``).
@@ -165,6 +178,7 @@ def train(
     Raises:
         FileNotFoundError: the input or the config does not exist (the message lists the presets).
         ValueError: bad name, device, iteration count or config value.
+        NativeKernelsError: the compiled rasterizer lacks the kernels for ``device`` (before any work).
     """
     if iterations is not None and int(iterations) <= 0:
         raise ValueError(f"iterations must be a positive integer, got {iterations}")
@@ -174,14 +188,16 @@ def train(
         from .config import resolve_config
 
         config = resolve_config(config)
-    dev = _device(device)
+    dev = _device_with_kernels(device)
     if path is not None:
         if path.is_file():
             data = preprocess(path, workspace=workspace if workspace is not None else DEFAULT_WORKSPACE,
                               name=name, device=dev, au_csv=au_csv, assets=assets, progress=progress,
-                              callback=callback)
+                              callback=callback, backends=backends)
         elif au_csv is not None:
             raise ValueError("au_csv applies to a video input; a dataset folder already has its au.csv")
+    if backends and not (path is not None and path.is_file()):
+        raise ValueError("backends apply to a video input; a dataset is already preprocessed")
     from .train import train as run
 
     return run(data, config=config, iterations=iterations, device=dev, workspace=workspace, name=name,
@@ -230,13 +246,14 @@ def render(
     Raises:
         FileNotFoundError: the audio or the model does not exist; ``IterationNotFoundError`` lists the
             saved iterations.
+        NativeKernelsError: the compiled rasterizer lacks the kernels for ``device`` (before any work).
     """
     if batch_size <= 0:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
     if isinstance(audio, (str, os.PathLike)):
         _existing_file(audio, "audio file")
     _check_model(model, workspace)
-    dev = _device(device)
+    dev = _device_with_kernels(device)
     from .infer import Talker
     from .infer import load as load_talker
     from .infer import render as run

@@ -36,14 +36,19 @@ Tensor = torch.Tensor
 PathLike = Union[str, os.PathLike]
 
 __all__ = [
-    "AUDIO_CONTEXT", "LIP_CODE_DIM", "DatasetError", "FrameBatch", "FrameSample", "TalkingHeadData", "TalkingHeadSplit",
+    "AUDIO_CONTEXT", "AUDIO_FILES", "LIP_CODE_DIM", "DatasetError", "FrameBatch", "FrameSample", "TalkingHeadData",
+    "TalkingHeadSplit", "legacy_audio_file",
     "audio_context", "camera_condition", "collate", "head_mask_from_parsing", "lips_rect",
 ]
 
 #: Audio windows per sample: rows ``[k-4, k+4)`` of the split's sequence (the original's att_mode 2).
 AUDIO_CONTEXT = 8
-#: Audio-feature files in the order a folder without ``meta.json`` is searched (interfaces.md).
-_AUDIO_FILES = (("aud_ds.npy", "deepspeech"), ("aud_hubert.npy", "hubert"), ("aud_mfcc.npy", "mfcc"))
+#: Audio-feature files in the order a folder without ``meta.json`` is searched (docs/data-loading.md):
+#: ours and GaussianTalker's, then AD-NeRF's ``aud.npy`` (DeepSpeech ``[M, 16, 29]``; ER-NeRF's English
+#: wav2vec logits under the same name have another D) and ER-NeRF's ``aud_hu.npy`` (HuBERT, ``[M, 2, 1024]``:
+#: two 50 Hz rows per frame) and ``aud_eo.npy`` (the Esperanto wav2vec2 logits, ``[M, 16, 44]``).
+AUDIO_FILES = (("aud_ds.npy", "deepspeech"), ("aud_hubert.npy", "hubert"), ("aud_mfcc.npy", "mfcc"),
+               ("aud.npy", "deepspeech"), ("aud_hu.npy", "hubert"), ("aud_eo.npy", "wav2vec-eo"))
 #: Components of the tracked lip code every sample carries (a model uses its first ``lip_code_dim``).
 LIP_CODE_DIM = 8
 #: Points of the fallback cloud (ER-NeRF datasets: no points3d.ply and no vertices).
@@ -321,27 +326,58 @@ def _read_transforms(path: Path) -> _Transforms:
                        np.stack(mats))
 
 
+def legacy_audio_file(folder: PathLike) -> tuple[Path, str] | None:
+    """The audio-feature file a folder without ``meta.json`` is read from, and its kind (the first of
+    :data:`AUDIO_FILES` present), or None. ``aud.npy`` is DeepSpeech when its windows have D = 29 (AD-NeRF),
+    else ``"wav2vec"`` (ER-NeRF's English wav2vec2 logits); only the array header is read."""
+    folder = Path(folder)
+    for name, kind in AUDIO_FILES:
+        path = folder / name
+        if path.is_file():
+            if name == "aud.npy":
+                try:
+                    shape = np.load(path, mmap_mode="r", allow_pickle=False).shape
+                except (ValueError, OSError):
+                    shape = ()
+                if len(shape) == 3 and 29 not in shape[1:]:
+                    kind = "wav2vec"
+            return path, kind
+    return None
+
+
+def _pairs_to_windows(rows2: np.ndarray) -> np.ndarray:
+    """ER-NeRF's HuBERT ``[M, 2, D]`` (rows ``2j``, ``2j+1`` of a 50 Hz sequence per frame ``j``) as our
+    ``[M, 16, D]`` windows: rows ``[2j-8, 2j+8)`` of that sequence, zero outside (docs/audio.md)."""
+    m, _, d = rows2.shape
+    padded = np.concatenate([np.zeros((8, d), rows2.dtype), rows2.reshape(2 * m, d), np.zeros((8, d), rows2.dtype)])
+    index = 2 * np.arange(m)[:, None] + np.arange(16)[None, :]
+    return padded[index]
+
+
 def _read_audio(folder: Path, meta: dict) -> tuple[np.ndarray, str, Path]:
-    """``(windows [M, 16, D] float32, kind, file)``; a legacy ``[M, 29, 16]`` file is transposed."""
+    """``(windows [M, 16, D] float32, kind, file)``; a legacy ``[M, 29, 16]`` file is transposed, ER-NeRF's
+    ``aud_hu.npy`` ``[M, 2, D]`` made into 16-row windows."""
     audio_meta = meta.get("audio") if isinstance(meta.get("audio"), dict) else {}
-    kinds = {name: kind for name, kind in _AUDIO_FILES}
+    kinds = {name: kind for name, kind in AUDIO_FILES}
     if audio_meta.get("file"):
         path = folder / str(audio_meta["file"])
         kind = str(audio_meta.get("kind") or kinds.get(path.name, ""))
         if not path.is_file():
             raise FileNotFoundError(f"{path} does not exist (named by {folder / 'meta.json'})")
     else:
-        found = [(folder / name, kind) for name, kind in _AUDIO_FILES if (folder / name).is_file()]
-        if not found:
-            names = ", ".join(n for n, _ in _AUDIO_FILES)
+        found = legacy_audio_file(folder)
+        if found is None:
+            names = ", ".join(n for n, _ in AUDIO_FILES)
             raise FileNotFoundError(f"{folder}: no audio feature file ({names})")
-        path, kind = found[0]
+        path, kind = found
     try:
         arr = np.load(path, allow_pickle=False)
     except (ValueError, OSError) as e:
         raise DatasetError(f"{path}: not a readable .npy array ({e})") from None
     if arr.ndim != 3:
         raise DatasetError(f"{path}: audio windows must be 3-D [M, 16, D], got shape {arr.shape}")
+    if path.name == "aud_hu.npy" and arr.shape[1] == 2:
+        arr = _pairs_to_windows(arr)
     if arr.shape[1] != 16 and arr.shape[2] == 16:
         arr = arr.transpose(0, 2, 1)  # the original's [M, D, 16] (channels x time)
     if arr.shape[1] != 16:

@@ -3,17 +3,44 @@
 # torch, our native CUDA/CPU rasterizer and simple-knn (compiled here), the optional TensorFlow and
 # transformers extras, and the test tools. Idempotent: a second run only checks.
 #
-# Environment: PYTHON (interpreter for the venv, default python3), GT_VENV (default ./.venv),
-# GT_BUILD_CUDA=0|1 and TORCH_CUDA_ARCH_LIST (see setup.py), GT_EXTRAS (default "test,demo,deepspeech,hubert,webapp").
+# Environment: PYTHON (interpreter for the venv; default: the first of python3, python3.12, python3.11,
+# python3.10 whose version is supported), GT_VENV (default ./.venv), GT_BUILD_CUDA=0|1 and
+# TORCH_CUDA_ARCH_LIST (see setup.py), GT_EXTRAS (default "test,demo,deepspeech,hubert,webapp").
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY=${PYTHON:-python3}
 VENV=${GT_VENV:-.venv}
 EXTRAS=${GT_EXTRAS:-test,demo,deepspeech,hubert,webapp}
 say() { printf '[setup] %s\n' "$*" >&2; }
+die() { printf 'setup.sh: error: %s\n' "$*" >&2; exit 1; }
 
-if [ ! -x "$VENV/bin/python" ]; then
-  say "creating virtual environment $VENV"
+# Supported interpreters: mediapipe 0.10.21 (the last release with its face models) has wheels for
+# Python <= 3.12 only, torch 2.14.1 for >= 3.10. Keep in step with requires-python in pyproject.toml.
+SUPPORTED="3.10 3.11 3.12"
+py_version() { "$1" -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null; }
+supported() { case " $SUPPORTED " in *" $1 "*) return 0 ;; esac; return 1; }
+
+if [ -x "$VENV/bin/python" ]; then
+  v=$(py_version "$VENV/bin/python") || v="unknown"
+  supported "$v" || die "$VENV was made with Python $v, which is not supported (need 3.10, 3.11 or 3.12): remove $VENV and run again"
+else
+  PY=""
+  if [ -n "${PYTHON:-}" ]; then
+    v=$(py_version "$PYTHON") || die "PYTHON=$PYTHON does not run"
+    supported "$v" || die "PYTHON=$PYTHON is Python $v; gaussiantalker needs Python 3.10, 3.11 or 3.12"
+    PY=$PYTHON
+  else
+    seen=""
+    for cand in python3 python3.12 python3.11 python3.10; do
+      command -v "$cand" >/dev/null 2>&1 || continue
+      v=$(py_version "$cand") || continue
+      if supported "$v"; then PY=$cand; break; fi
+      seen="$seen $cand=$v"
+    done
+    [ -n "$PY" ] || die "no supported Python found (need 3.10, 3.11 or 3.12; found:${seen:- none}): install python3.12 (e.g. 'uv python install 3.12') and run again with PYTHON=/path/to/python3.12"
+  fi
+  "$PY" -c 'import ensurepip, venv' >/dev/null 2>&1 \
+    || die "$PY ($(py_version "$PY")) cannot create virtual environments: install its venv module (Debian: apt-get install python$(py_version "$PY")-venv)"
+  say "creating virtual environment $VENV with $PY (Python $(py_version "$PY"))"
   "$PY" -m venv "$VENV"
 fi
 PIP=("$VENV/bin/python" -m pip)

@@ -101,6 +101,58 @@ def test_bad_arguments_fail_fast(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.wav", "v.mp4"]  # nothing was created
 
 
+def test_native_kernels_are_checked_before_any_work(tmp_path, monkeypatch):
+    """A CUDA device with a build that has no CUDA kernels (or no build at all) fails in train / render
+    before preprocessing, with the build command."""
+    import diff_gaussian_rasterization
+    import simple_knn
+
+    from gaussiantalker.devices import NativeKernelsError
+
+    video = tmp_path / "v.mp4"
+    video.write_bytes(b"x")
+    audio = tmp_path / "a.wav"
+    audio.write_bytes(b"x")
+    (tmp_path / "ws" / "output" / "m").mkdir(parents=True)
+    started = []
+    monkeypatch.setattr(api, "preprocess", lambda *a, **k: started.append(a))
+    monkeypatch.setattr(api, "_device", lambda device: "cuda:0")  # as on a GPU machine
+    monkeypatch.setattr(diff_gaussian_rasterization, "build_info",
+                        lambda: {"cpu": True, "cuda": False, "cuda_arch": []})
+    with pytest.raises(NativeKernelsError, match="GT_BUILD_CUDA=1 pip install --no-build-isolation -e ."):
+        gt.train(video, device="GPU0", workspace=tmp_path / "ws")
+    with pytest.raises(NativeKernelsError, match="diff_gaussian_rasterization were built without CUDA"):
+        gt.render("m", audio, device="GPU0", workspace=tmp_path / "ws")
+    monkeypatch.setattr(api, "_device", lambda device: "cpu")
+    monkeypatch.setattr(simple_knn, "build_info", lambda: {"cpu": False, "cuda": False, "error": "no _C"})
+    with pytest.raises(NativeKernelsError, match="simple_knn not built.*pip install --no-build-isolation -e ."):
+        gt.train(video, device="CPU", workspace=tmp_path / "ws")
+    assert started == []
+
+
+def test_native_kernels_cover_the_gpu_architecture():
+    from gaussiantalker.devices import _arch_covers
+
+    archs = ["7.5", "8.0", "9.0+PTX"]
+    assert _arch_covers(archs, (8, 6)) and _arch_covers(archs, (9, 0)) and _arch_covers(archs, (12, 0))
+    assert not _arch_covers(["8.0"], (9, 0)) and not _arch_covers(["8.6"], (8, 0))
+    assert not _arch_covers(["9.0+PTX"], (8, 9))
+
+
+def test_train_passes_preprocessing_backends(tmp_path, monkeypatch):
+    video = tmp_path / "v.mp4"
+    video.write_bytes(b"x")
+    seen = {}
+    monkeypatch.setattr(api, "preprocess", lambda path, **kw: seen.update(kw) or "dataset")
+    monkeypatch.setattr(sys.modules["gaussiantalker.train"], "train", lambda data, **kw: ("model", data))
+    choice = {"landmarks": "dlib", "audio": "deepspeech"}
+    assert gt.train(video, device="CPU", backends=choice, workspace=tmp_path / "ws") == ("model", "dataset")
+    assert seen["backends"] == choice
+    (tmp_path / "folder").mkdir()
+    with pytest.raises(ValueError, match="backends apply to a video"):
+        gt.train(tmp_path / "folder", device="CPU", backends=choice)
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A tiny synthetic dataset trained for a few iterations through the API."""

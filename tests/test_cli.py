@@ -161,6 +161,35 @@ def test_other_commands_reach_their_function(recorders, monkeypatch, capsys):
     assert seen == {"out": "d", "seconds": 3.0, "iterations": 7, "device": "CPU", "progress": True}
 
 
+def test_backend_options_reach_the_api(recorders, capsys):
+    """--landmarks and --audio_features choose the optional backends from the command line."""
+    assert cli.main(["train", "--video_path", "obama.mp4", "--landmarks", "dlib", "--audio_features",
+                     "deepspeech"]) == 0
+    assert recorders["train"].calls[-1][1]["backends"] == {"landmarks": "dlib", "audio": "deepspeech"}
+    assert cli.main(["preprocess", "--video_path", "obama.mp4", "--landmarks", "face-alignment",
+                     "--audio-features", "hubert"]) == 0
+    assert recorders["preprocess"].calls[-1][1]["backends"] == {"landmarks": "face-alignment", "audio": "hubert"}
+    assert cli.main(["train", "--video_path", "obama.mp4", "--landmarks", "mediapipe"]) == 0
+    assert recorders["train"].calls[-1][1]["backends"] == {"landmarks": "mediapipe"}
+    assert cli.main(["train", "--video_path", "obama.mp4"]) == 0
+    assert recorders["train"].calls[-1][1]["backends"] is None  # auto: the best present
+    capsys.readouterr()
+    for bad in (["--landmarks", "openface"], ["--audio_features", "wav2vec"]):
+        assert cli.main(["train", "--video_path", "obama.mp4", *bad]) == 2
+        assert "invalid choice" in one_error_line(capsys.readouterr().err)
+
+
+def test_dry_run_plans_with_the_chosen_backends(tmp_path, monkeypatch, capsys):
+    # (not with the `recorders` fixture: the first import of gaussiantalker.preprocess would take the
+    # signature of the recorder standing in for api.preprocess)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("TEST_MODE", raising=False)
+    (tmp_path / "v.mp4").write_bytes(b"x")
+    assert cli.main(["preprocess", "--video_path", "v.mp4", "--audio_features", "hubert", "--dry-run"]) == 0
+    assert "aud_hubert.npy" in capsys.readouterr().out
+    assert os.listdir(tmp_path) == ["v.mp4"]
+
+
 def test_model_dir_path_inside_the_workspace_is_accepted(recorders):
     (Path("GaussianTalker") / "output" / "obama").mkdir(parents=True)
     assert cli.main(["infer", "--model_dir", "GaussianTalker/output/obama/", "--audio_path", "speech.wav"]) == 0
@@ -270,6 +299,43 @@ def test_design_test_mode_lines_touch_nothing(tmp_path):
     assert snapshot(tmp_path) == before
 
 
+def test_design_test_mode_lines_on_a_fresh_machine(tmp_path):
+    """The wrapper's own TEST_MODE=1 examples, unchanged, where neither the inputs nor the model exist:
+    a dry run tests the logic, so it prints every step and path, names what is missing, and exits 0."""
+    for line, expect_missing, expect_steps in (
+        (DESIGN_LINES[7], ["audio file test.wav does not exist", "model 'test' not found"],
+         ["audio features", "render", "GaussianTalker/output/test/renders/output.mp4"]),
+        (DESIGN_LINES[6], ["video or dataset folder test.mp4 does not exist"],
+         ["preprocess: frames", "preprocess: tracking", "GaussianTalker/data/test/track_params.pt", "train",
+          "GaussianTalker/output/test/checkpoints/chkpnt_<k>.pth"]),
+    ):
+        env, argv = _argv(line)
+        r = run_cli(*argv, cwd=tmp_path, env=env)
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert "dry run (TEST_MODE=1)" in r.stdout
+        for text in expect_steps:
+            assert text in r.stdout, (text, r.stdout)
+        missing = [ln.strip() for ln in r.stdout.splitlines() if ln.strip().startswith("missing: ")]
+        assert len(missing) == len(expect_missing), r.stdout
+        for text, ln in zip(expect_missing, missing):
+            assert text in ln, (text, ln)
+        assert not r.stderr.strip(), r.stderr
+        assert os.listdir(tmp_path) == []
+    # with every input present it says so
+    (tmp_path / "test.wav").write_bytes(b"RIFF")
+    _model_folder(tmp_path, "test")
+    env, argv = _argv(DESIGN_LINES[7])
+    r = run_cli(*argv, cwd=tmp_path, env=env)
+    assert r.returncode == 0 and "inputs: all present" in r.stdout and "missing:" not in r.stdout
+
+
+def test_dry_run_step_table_matches_the_pipeline():
+    """The steps a dry run lists when the video is missing are the pipeline's steps, in its order."""
+    from gaussiantalker.preprocess.stages import make_steps
+
+    assert [name for name, _, _ in cli._PREPROCESS_STEPS] == [s.name for s in make_steps()]
+
+
 def test_dry_run_every_command_touches_nothing(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("TEST_MODE", raising=False)
@@ -295,11 +361,12 @@ def test_dry_run_every_command_touches_nothing(tmp_path, monkeypatch, capsys):
     # a dry run resumes from what is there and says so
     assert cli.main(["train", "--video_path", "v.mp4", "--name", "m", "--dry-run"]) == 0
     assert "resume from iteration 20" in capsys.readouterr().out
-    # and fails like the real run on what is missing
-    assert cli.main(["infer", "--model_dir", "m", "--audio_path", "a.wav", "--iteration", "99", "--dry-run"]) == 1
-    assert "10, 20" in one_error_line(capsys.readouterr().err)
-    assert cli.main(["infer", "--model_dir", "zz", "--audio_path", "a.wav", "--dry-run"]) == 1
-    capsys.readouterr()
+    # and names what a real run would miss, still exiting 0 (it tests the plan, not the files)
+    assert cli.main(["infer", "--model_dir", "m", "--audio_path", "a.wav", "--iteration", "99", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "missing: model 'm' has no iteration 99 (saved: 10, 20)" in out and "inputs missing (1)" in out
+    assert cli.main(["infer", "--model_dir", "zz", "--audio_path", "a.wav", "--dry-run"]) == 0
+    assert "missing: model 'zz' not found" in capsys.readouterr().out
     monkeypatch.setenv("TEST_MODE", "1")
     assert cli.main(["evaluate", "--model_dir", "m"]) == 0
     assert "TEST_MODE=1" in capsys.readouterr().out
@@ -312,3 +379,91 @@ def test_logging_handler_is_removed():
     before = list(logging.getLogger("gaussiantalker").handlers)
     cli.main(["assets", "--dir", "/nonexistent-asset-dir"])
     assert logging.getLogger("gaussiantalker").handlers == before
+
+
+# --------------------------------------------------------------------------------------------------
+# native libraries' log chatter stays off the terminal unless --verbose
+
+
+def test_native_log_filter_drops_chatter_and_keeps_the_rest(tmp_path):
+    """C++-style lines written to descriptor 2 are filtered; Python's stderr and other lines pass."""
+    code = (
+        "import os, sys\n"
+        "from gaussiantalker.nativelog import quiet_native_logs\n"
+        "with quiet_native_logs():\n"
+        "    assert os.environ['TF_CPP_MIN_LOG_LEVEL'] == '3'\n"
+        "    os.write(2, b'INFO: Created TensorFlow Lite XNNPACK delegate for CPU.\\n')\n"
+        "    os.write(2, b'WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\\n')\n"
+        "    os.write(2, b'W0000 00:00:1796484307.690295   11533 inference_feedback_manager.cc:114] Feedback\\n')\n"
+        "    os.write(2, b'2026-12-05 15:25:05.492262: I tensorflow/core/util/port.cc:153] oneDNN custom ops\\n')\n"
+        "    os.write(2, b'E0000 00:00:1.5  7 graph.cc:9] a native error\\nsomething else native\\n')\n"
+        "    sys.stderr.write('python line\\n')\n"
+        "os.write(2, b'after the block\\n')\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", "GLOG_minloglevel")}
+    env["PYTHONPATH"] = str(REPO)
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert sorted(r.stderr.splitlines()) == sorted(["E0000 00:00:1.5  7 graph.cc:9] a native error",
+                                                    "something else native", "python line", "after the block"])
+
+
+def _faceless_video(path: Path) -> Path:
+    import imageio_ffmpeg
+
+    subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-loglevel", "error", "-y", "-f", "lavfi", "-i",
+                    "testsrc=size=160x160:rate=25", "-f", "lavfi", "-i", "sine=frequency=300:sample_rate=16000",
+                    "-t", "3", "-c:v", "libx264", "-pix_fmt", "yuv420p", "-c:a", "aac", str(path)],
+                   check=True, timeout=60)
+    return path
+
+
+def _shown(stderr: str) -> list:
+    """The stderr lines a terminal shows at the end (a progress bar's \\r updates collapse to the last)."""
+    return [ln.rsplit("\r", 1)[-1].strip() for ln in stderr.split("\n") if ln.rsplit("\r", 1)[-1].strip()]
+
+
+def test_a_video_without_a_face_fails_in_one_line(tmp_path):
+    """No TensorFlow / MediaPipe chatter, no step-status lines: the progress bar and the one-line error."""
+    chatter = ("XNNPACK", "absl::InitializeLog", "inference_feedback_manager", "oneDNN", "cpu_feature_guard",
+               "step probe: running", "step crop: running")
+    video = _faceless_video(tmp_path / "noface.mp4")
+    r = run_cli("train", "--video_path", str(video), "--gpu", "CPU", cwd=tmp_path, timeout=300)
+    assert r.returncode == 1, r.stderr
+    shown = _shown(r.stderr)
+    error = one_error_line(r.stderr)
+    assert "no face" in error
+    bars = [ln for ln in shown if ln.startswith("preprocess noface:") and "%|" in ln]
+    others = [ln for ln in shown if ln not in bars and ln != error]
+    assert len(others) <= 1, shown  # at most one hint line
+    assert not [c for c in chatter if c in r.stderr], r.stderr
+    # --verbose shows them (so the run above did meet native chatter and the filter removed it)
+    r = run_cli("train", "--video_path", str(video), "--gpu", "CPU", "--verbose", cwd=tmp_path, timeout=300)
+    assert r.returncode == 1
+    assert "XNNPACK" in r.stderr and "absl::InitializeLog" in r.stderr, r.stderr
+    assert "step crop: running" in r.stderr  # the step-status lines are debug messages
+
+
+def test_docs_list_the_differences_from_the_wrapper():
+    """README promises the wrapper's lines run unchanged; docs/cli.md lists every behaviour that differs,
+    each with its reason, and the defaults it states are the parser's."""
+    readme = (REPO / "README.md").read_text()
+    assert "word for word" not in readme and "docs/cli.md#differences-from-the-wrapper" in readme
+    doc = (REPO / "docs" / "cli.md").read_text()
+    section = doc.split("## Differences from the wrapper", 1)[1].split("\n## ", 1)[0]
+    rows = {}
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if line.startswith("|") and len(cells) == 4 and not set(cells[0]) <= {"-"} and cells[0] != "what":
+            assert all(cells), f"a row without its wrapper value, our value or its reason: {line}"
+            rows[cells[0]] = cells
+    for key in ("`--gpu` default", "`--iterations` default (`train`)", "what `--iterations` counts",
+                "`--iteration` default (`infer`)"):
+        assert key in rows, f"docs/cli.md does not list {key}"
+    parser = cli.build_parser()
+    train = parser.parse_args(["train", "--video_path", "v.mp4"])
+    infer = parser.parse_args(["infer", "--model_dir", "m", "--audio_path", "a.wav"])
+    assert train.gpu == "auto" and "`auto`" in rows["`--gpu` default"][2]
+    assert train.iterations is None and "config's" in rows["`--iterations` default (`train`)"][2]
+    assert infer.iteration is None and "newest" in rows["`--iteration` default (`infer`)"][2]
+    assert "fine-stage" in rows["what `--iterations` counts"][2]

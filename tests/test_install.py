@@ -85,3 +85,201 @@ def test_import_never_compiles_and_missing_extension_is_explained(tmp_path):
     ) % (str(tmp_path), str(tmp_path))
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
     assert out.stdout.strip() == "ok", out.stderr
+
+
+# --------------------------------------------------------------------------------------------------
+# scripts/setup.sh picks a supported interpreter (mediapipe 0.10.21 has no wheel for Python 3.13)
+
+
+def _fake_python(path: Path, version: str, log: Path) -> None:
+    """A stand-in interpreter: answers `-c ...` (the version probe) with ``version`` and records any
+    other call (`-m venv DIR`) in ``log``, then fails, so setup.sh stops right after choosing."""
+    path.write_text(f"#!/bin/sh\nif [ \"$1\" = -c ]; then echo {version}; exit 0; fi\n"
+                    f"echo \"$(basename \"$0\") $*\" >> {log}\nexit 3\n")
+    path.chmod(0o755)
+
+
+def _run_setup(tmp_path: Path, pythons: dict, **env_extra):
+    """Run scripts/setup.sh with only the fake interpreters (and `dirname`) on PATH."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    log = tmp_path / "calls.log"
+    for name, version in pythons.items():
+        _fake_python(bin_dir / name, version, log)
+    for tool in ("dirname", "basename"):
+        if not (bin_dir / tool).exists():
+            (bin_dir / tool).symlink_to(subprocess.run(["which", tool], capture_output=True, text=True,
+                                                       check=True).stdout.strip())
+    env = {"PATH": str(bin_dir), "HOME": str(tmp_path), "GT_VENV": str(tmp_path / "venv"), **env_extra}
+    proc = subprocess.run(["/bin/bash", str(REPO / "scripts" / "setup.sh")], env=env, capture_output=True,
+                          text=True, timeout=60)
+    calls = log.read_text().splitlines() if log.is_file() else []
+    return proc, calls
+
+
+def test_setup_script_skips_an_unsupported_python3(tmp_path):
+    proc, calls = _run_setup(tmp_path, {"python3": "3.13", "python3.12": "3.12", "python3.11": "3.11"})
+    assert calls == [f"python3.12 -m venv {tmp_path / 'venv'}"], (calls, proc.stderr)
+    assert proc.returncode == 3  # the fake's own failure, after the choice
+
+
+def test_setup_script_stops_at_once_without_a_supported_python(tmp_path):
+    proc, calls = _run_setup(tmp_path, {"python3": "3.13", "python3.9": "3.9"})
+    assert proc.returncode == 1 and calls == []
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert "python3=3.13" in lines[0] and "3.12" in lines[0] and "install" in lines[0]
+    assert not (tmp_path / "venv").exists()
+    # an explicit PYTHON of the wrong version is refused the same way, in one line
+    proc, calls = _run_setup(tmp_path, {"python3.13": "3.13"}, PYTHON=str(tmp_path / "bin" / "python3.13"))
+    assert proc.returncode == 1 and calls == [] and len(proc.stderr.strip().splitlines()) == 1
+    assert "3.13" in proc.stderr
+
+
+def test_setup_script_refuses_an_old_venv_of_an_unsupported_python(tmp_path):
+    (tmp_path / "venv" / "bin").mkdir(parents=True)
+    _fake_python(tmp_path / "venv" / "bin" / "python", "3.13", tmp_path / "calls.log")
+    proc, calls = _run_setup(tmp_path, {"python3.12": "3.12"})
+    assert proc.returncode == 1 and calls == [], proc.stderr
+    assert "3.13" in proc.stderr and "remove" in proc.stderr
+
+
+def test_requires_python_matches_the_setup_script():
+    """pyproject's requires-python admits exactly the versions setup.sh accepts."""
+    import re
+
+    text = (REPO / "pyproject.toml").read_text()
+    spec = re.search(r'^requires-python\s*=\s*"([^"]+)"', text, re.M).group(1)
+    from packaging.specifiers import SpecifierSet
+
+    accepted = re.search(r'^SUPPORTED="([^"]+)"', (REPO / "scripts" / "setup.sh").read_text(), re.M).group(1).split()
+    allowed = [f"3.{m}" for m in range(6, 16) if f"3.{m}.0" in SpecifierSet(spec)]
+    assert allowed == accepted, (spec, accepted)
+
+
+# --------------------------------------------------------------------------------------------------
+# every imported distribution is declared; the README's manual install works in a fresh venv
+
+# Import name -> distribution, for optional modules that may not be installed where the tests run.
+_KNOWN_DISTRIBUTIONS = {"tensorflow": ["tensorflow-cpu", "tensorflow"], "google": ["protobuf"],
+                        "transformers": ["transformers"], "skimage": ["scikit-image"],
+                        "dlib": ["dlib-bin", "dlib"], "face_alignment": ["face-alignment"]}
+# Imports made optional by their caller (an ImportError caught one call up), with the reason.
+_OPTIONAL_BY_CALLER = {"tensorboard": "evaluate.py reads old TensorBoard event files if it can; the caller "
+                                      "catches the ImportError and logs it"}
+_OPENCV = {"opencv-python", "opencv-contrib-python", "opencv-python-headless", "opencv-contrib-python-headless"}
+
+
+def _norm(name: str) -> str:
+    import re
+
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _declared() -> dict:
+    """{"core": {dist, ...}, "<extra>": {dist, ...}} from pyproject.toml."""
+    import re
+
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10
+        tomllib = pytest.importorskip("tomli")
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+
+    def names(reqs):
+        return {_norm(re.split(r"[\s<>=!~;\[]", r, maxsplit=1)[0]) for r in reqs}
+
+    out = {"core": names(project["dependencies"])}
+    out.update({extra: names(reqs) for extra, reqs in project.get("optional-dependencies", {}).items()})
+    return out
+
+
+def _imports():
+    """(module, file, optional) for every third-party module the package imports; ``optional`` when the
+    import sits in a ``try`` whose handler catches ImportError (the code works without it)."""
+    import ast
+
+    def guarded(handlers) -> bool:
+        for h in handlers:
+            types = h.type.elts if isinstance(h.type, ast.Tuple) else [h.type]
+            if any(isinstance(t, ast.Name) and t.id in ("ImportError", "ModuleNotFoundError") for t in types):
+                return True
+        return False
+
+    found = []
+
+    def visit(node, file, optional):
+        if isinstance(node, ast.Try):
+            inner = optional or guarded(node.handlers)
+            for child in node.body:
+                visit(child, file, inner)
+            for child in node.handlers + node.orelse + node.finalbody:
+                visit(child, file, optional)
+            return
+        names = []
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names = [node.module]
+        for n in names:
+            top = n.split(".")[0]
+            if top not in sys.stdlib_module_names and top not in ("gaussiantalker", "diff_gaussian_rasterization",
+                                                                   "simple_knn"):
+                found.append((top, file, optional))
+        for child in ast.iter_child_nodes(node):
+            visit(child, file, optional)
+
+    for f in sorted((REPO / "gaussiantalker").rglob("*.py")):
+        visit(ast.parse(f.read_text()), f.relative_to(REPO), False)
+    return found
+
+
+def test_every_imported_distribution_is_declared():
+    """Each third-party module the package imports (outside an ImportError guard) comes from a distribution
+    declared in pyproject.toml, in the core dependencies or an extra; cv2 from the core, as exactly one
+    OpenCV distribution (two would overwrite each other's cv2)."""
+    from importlib.metadata import packages_distributions
+
+    declared = _declared()
+    everything = set().union(*declared.values())
+    providers = packages_distributions()
+    problems = []
+    for module, file, optional in _imports():
+        if optional or module in _OPTIONAL_BY_CALLER:
+            continue
+        dists = {_norm(d) for d in providers.get(module, []) + _KNOWN_DISTRIBUTIONS.get(module, [])}
+        if not dists:
+            problems.append(f"{module} ({file}): no installed distribution provides it")
+        elif not dists & everything:
+            problems.append(f"{module} ({file}): from {sorted(dists)}, none of them declared in pyproject.toml")
+    assert not problems, "\n".join(problems)
+    assert len(declared["core"] & _OPENCV) == 1, declared["core"] & _OPENCV
+    # the one mediapipe itself requires, so pip installs no second cv2
+    from importlib.metadata import requires
+
+    mediapipe_cv = {_norm(r.split()[0].split(";")[0]) for r in requires("mediapipe") or []} & _OPENCV
+    assert declared["core"] & _OPENCV == mediapipe_cv
+
+
+def test_readme_manual_install_has_the_build_tools():
+    """`pip install --no-build-isolation` builds with what is installed, and a fresh venv has no setuptools
+    or wheel: the README's install lines before it install every build requirement of pyproject.toml."""
+    import re
+
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10
+        tomllib = pytest.importorskip("tomli")
+    build = {_norm(re.split(r"[\s<>=!~]", r, maxsplit=1)[0])
+             for r in tomllib.loads((REPO / "pyproject.toml").read_text())["build-system"]["requires"]}
+    readme = (REPO / "README.md").read_text()
+    section = readme.split("## Installing on a GPU machine", 1)[1].split("\n## ", 1)[0]
+    block = re.search(r"```bash\n(.*?)```", section, re.S).group(1)
+    before, _ = block.split("--no-build-isolation", 1)
+    installed = set()
+    for line in before.splitlines():
+        words = line.split("#", 1)[0].split()
+        if words[:2] == ["pip", "install"]:
+            installed |= {_norm(re.split(r"[<>=!~\[]", w.strip("\"'"), maxsplit=1)[0]) for w in words[2:]
+                          if not w.startswith("-")}
+    assert build <= installed, f"the README installs {sorted(installed)} before building; needs {sorted(build)}"

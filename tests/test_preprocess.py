@@ -109,7 +109,7 @@ def test_may_end_to_end(may):
     assert au[" AU45_r"].max() >= 3 and au[" AU45_r"].median() < 1  # she blinks twice in these 5 s
 
     params = torch.load(folder / "track_params.pt")
-    assert params["euler"].shape == (n, 3) and "vertices" not in params
+    assert params["euler"].shape == (n, 3) and params["vertices"].shape[0] == 1  # the mean cloud, once
     train = json.loads((folder / "transforms_train.json").read_text())
     val = json.loads((folder / "transforms_val.json").read_text())
     assert [f["img_id"] for f in train["frames"] + val["frames"]] == list(range(n))
@@ -132,6 +132,34 @@ def test_may_end_to_end(may):
                                                                               data.crop)
     assert data.summary.face_coverage == 1.0 and data.summary.frames == n
     assert "probe" in data.summary.ran and "torso" in data.summary.ran
+
+
+def test_may_reads_as_the_original_loader_expects(may, tmp_path):
+    """Our dataset against the original GaussianTalker loader's expectations (keys, shapes, units:
+    ``_original_format.original_loader_problems``): all met but the DeepSpeech features, which the default
+    (MFCC) dataset does not have; with them (what ``--audio_features deepspeech`` writes) nothing is missing."""
+    import importlib.util
+
+    from _audio_helpers import run_python
+    from _original_format import original_loader_problems
+
+    _, data = may
+    folder = _copy_dataset(data, tmp_path) / "data" / data.name
+    assert original_loader_problems(folder) == ["aud_ds.npy: missing"]
+    if importlib.util.find_spec("tensorflow") is None:
+        pytest.skip("TensorFlow not installed: the DeepSpeech half of this check needs it (a tiny test graph)")
+    tests = Path(__file__).resolve().parent
+    out = run_python(
+        f"import sys; sys.path.insert(0, {str(tests)!r})\n"
+        "from pathlib import Path\n"
+        "from _audio_helpers import build_tiny_deepspeech_graph\n"
+        "from gaussiantalker.audio import extract_features, save_features\n"
+        f"folder = Path({str(folder)!r})\n"
+        f"graph = build_tiny_deepspeech_graph(Path({str(tmp_path / 'tiny_ds.pb')!r}))\n"
+        f"feats = extract_features(folder / 'aud.wav', 'deepspeech', model_path=graph, num_frames={data.num_frames})\n"
+        "print(save_features(feats, folder))\n")
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert original_loader_problems(folder) == []
 
 
 def test_rerun_does_nothing_and_plan_says_done(may):

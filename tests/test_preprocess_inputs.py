@@ -164,6 +164,31 @@ def test_blink_scale_and_csv(tmp_path):
     assert np.allclose(validate_au_csv(path, f + 2), df[" AU45_r"])
 
 
+@pytest.mark.parametrize("sep", [", ", ","])
+def test_user_au_csv_reads_as_the_original_expects(tmp_path, sep):
+    """A user's au.csv with or without OpenFace's leading spaces is accepted, and the dataset's copy has the
+    column the original's loader reads, ``df[" AU45_r"]`` (an OpenFace file stays a byte copy)."""
+    import pandas as pd
+
+    from gaussiantalker.preprocess.blink import copy_au_csv, validate_au_csv
+
+    rows = [sep.join(["frame", "timestamp", "success", "AU45_r"])]
+    rows += [sep.join([str(i + 1), f"{i / 25:.3f}", "1", f"{(i % 7) / 2:.2f}"]) for i in range(10)]
+    src = tmp_path / f"user{len(sep)}.csv"
+    src.write_text("\n".join(rows) + "\n")
+    values = validate_au_csv(src, 10)
+    assert np.allclose(values, [(i % 7) / 2 for i in range(10)])
+    dest = copy_au_csv(src, tmp_path / "au.csv", len(values), 10)
+    df = pd.read_csv(dest)
+    assert np.allclose(df[" AU45_r"], values)
+    if sep == ", ":
+        assert dest.read_bytes() == src.read_bytes()
+    # one row short: the last row repeated, header in OpenFace's form too
+    src.write_text("\n".join(rows[:-1]) + "\n")
+    df = pd.read_csv(copy_au_csv(src, tmp_path / "au2.csv", 9, 10))
+    assert len(df) == 10 and np.allclose(df[" AU45_r"], values[:9].tolist() + [values[8]])
+
+
 def test_rerun_after_changed_parameters_uses_markers(tmp_path):
     from gaussiantalker.preprocess.steps import Context, Output, Step, StepResult, run_steps
 

@@ -173,6 +173,17 @@ def test_speech_does_not_leak_into_the_pose(synthetic, bfm, tracker):
         assert rigid_spread.max() > 1.0
 
 
+def _original_rotation(euler) -> torch.Tensor:
+    """The original tracker's ``Rot(θ, φ, ψ) = Rx·Ry·Rz`` (reference §2.8), written out independently."""
+    import math
+
+    t, p, s = (float(a) for a in euler)
+    rx = torch.tensor([[1, 0, 0], [0, math.cos(t), math.sin(t)], [0, -math.sin(t), math.cos(t)]], dtype=torch.float64)
+    ry = torch.tensor([[math.cos(p), 0, -math.sin(p)], [0, 1, 0], [math.sin(p), 0, math.cos(p)]], dtype=torch.float64)
+    rz = torch.tensor([[math.cos(s), -math.sin(s), 0], [math.sin(s), math.cos(s), 0], [0, 0, 1]], dtype=torch.float64)
+    return rx @ ry @ rz
+
+
 def test_track_landmarks_writes_the_dataset_files(synthetic, tmp_path):
     syn = fixed_vertices(synthetic)
     seq = synthesize(syn, 60, seed=2, image_size=(480, 640))
@@ -181,9 +192,26 @@ def test_track_landmarks_writes_the_dataset_files(synthetic, tmp_path):
     res, out = track_landmarks(seq.landmarks, tmp_path, seq.image_size, backend="offline", frames=iter(frames),
                                frame_ids=ids)
     params = torch.load(out.track_params)
-    assert set(params) == {"id", "exp", "euler", "trans", "focal"}
+    assert set(params) == {"id", "exp", "euler", "trans", "focal", "vertices"}
     assert params["euler"].shape == (60, 3) and params["trans"].shape == (60, 3) and params["focal"].shape == (1,)
     assert params["id"].shape == (1, 204) and params["exp"].shape == (60, 12)
+    # vertices: the canonical cloud once ([1, N, 3], the original's mean over frames), in tracker units
+    verts = params["vertices"]
+    cloud = read_ply(out.points3d)
+    assert verts.dtype == torch.float32 and verts.shape == (1, len(cloud.xyz), 3)
+    np.testing.assert_allclose(verts[0].numpy() * 0.1, cloud.xyz, rtol=1e-5, atol=1e-6)
+    # ... in the units of `trans`: posed with a frame's tracked pose and projected as the original's tracker
+    # does (u = -f X/Z + cx, v = f Y/Z + cy), the cloud covers that frame's landmarks
+    for k in (0, 30, 59):
+        posed = verts[0].double() @ _original_rotation(params["euler"][k]).T + params["trans"][k].double()
+        f = float(params["focal"][0])
+        uv = torch.stack([-f * posed[:, 0] / posed[:, 2] + 320.0, f * posed[:, 1] / posed[:, 2] + 240.0], -1)
+        lms = torch.as_tensor(np.asarray(seq.landmarks[k]), dtype=torch.float64)
+        lo, hi = uv.min(0).values, uv.max(0).values
+        inside = ((lms >= lo - 2) & (lms <= hi + 2)).all(1).double().mean()
+        assert inside > 0.9, (k, lo, hi)  # (the cloud has the clip's mean expression, a frame its own)
+        size = (hi - lo) / (lms.max(0).values - lms.min(0).values)
+        assert ((size > 0.9) & (size < 3)).all(), size  # head-sized, not 10x off
     train, val = (json.loads(p.read_text()) for p in (out.transforms_train, out.transforms_val))
     assert len(train["frames"]) == int(60 * 10 / 11) == 54 and len(val["frames"]) == 6
     assert train["cx"] == 320.0 and train["cy"] == 240.0 and train["focal_len"] == pytest.approx(res.focal)

@@ -249,6 +249,35 @@ def test_training_jobs_progress_dedupe_queue_cancel(client, ws):
     assert record["state"] == "done" and record["result"]["model"] == "trained"
 
 
+def test_training_request_chooses_the_preprocessing_backends(client, media, monkeypatch):
+    """``landmarks`` / ``audio_features`` of a training request reach gaussiantalker.train as ``backends``
+    (the command line's --landmarks / --audio_features); bad values and a dataset with them are refused."""
+    import types
+
+    from gaussiantalker import api
+
+    seen = {}
+
+    def fake_train(source, **kw):
+        seen.update(kw)
+        return types.SimpleNamespace(name=kw["name"], iteration=1, metrics={})
+
+    monkeypatch.setattr(api, "train", fake_train)  # gaussiantalker.train(...) calls it
+    video = upload(client, media["video"], "video").json()["id"]
+    r = client.post("/api/train", json={"video": video, "name": "backends", "device": "CPU",
+                                        "landmarks": "dlib", "audio_features": "deepspeech"})
+    assert r.status_code == 200, r.text
+    job = wait(client, r.json()["id"])
+    assert job["state"] == "done", job["error"]
+    assert seen["backends"] == {"landmarks": "dlib", "audio": "deepspeech"}
+    assert job["params"]["backends"] == {"landmarks": "dlib", "audio": "deepspeech"}
+    for body, message in (({"video": video, "landmarks": "openface"}, "landmarks must be one of"),
+                          ({"video": video, "audio_features": "wav2vec"}, "audio_features must be one of"),
+                          ({"dataset": "tiny", "landmarks": "dlib"}, "go with a video upload")):
+        r = client.post("/api/train", json={"device": "CPU", "name": "refused", **body})
+        assert r.status_code == 400 and message in r.json()["error"], r.text
+
+
 def test_cancel_queued_and_restart_marks_interrupted(ws, tmp_path):
     from examples.webapp.backend.jobs import Job, JobManager
 

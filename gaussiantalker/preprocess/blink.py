@@ -166,17 +166,29 @@ def copy_file(src: PathLike, dest: PathLike) -> Path:
     return atomic_write(dest, lambda tmp: shutil.copyfile(src, tmp))
 
 
+def _openface_header(line: str) -> str:
+    """A CSV header in OpenFace's form: names joined by ``", "``, which pandas reads as ``" AU45_r"`` — the
+    column name the original's loader asks for (``df[" AU45_r"]``)."""
+    return ", ".join(name.strip() for name in next(csv.reader([line])))
+
+
 def copy_au_csv(src: PathLike, dest: PathLike, rows: int, num_frames: int) -> Path:
-    """Put a validated OpenFace CSV of ``rows`` data rows at ``dest``: a byte copy, except that a file one or
-    two rows short gets its last row repeated, so every frame has a row (readers index rows by frame)."""
-    if rows >= num_frames:
-        return copy_file(src, dest)
+    """Put a validated OpenFace CSV of ``rows`` data rows at ``dest``: a byte copy, except that a header
+    without OpenFace's ``", "`` separator (a CSV re-saved by another tool) is rewritten in that form, so the
+    original's loader finds ``" AU45_r"``, and a file one or two rows short gets its last row repeated, so
+    every frame has a row (readers index rows by frame)."""
     lines = Path(src).read_text().splitlines()
+    header = _openface_header(lines[0]) if lines else ""
+    if rows >= num_frames and lines and lines[0] == header:
+        return copy_file(src, dest)
     while lines and not lines[-1].strip():
         lines.pop()
-    logger.info("%s has %d rows for %d frames: its last row is repeated for the last %d frame(s)", src, rows,
-                num_frames, num_frames - rows)
-    text = "\n".join(lines + [lines[-1]] * (num_frames - rows)) + "\n"
+    if lines[0] != header:
+        logger.info("%s: header written with OpenFace's ', ' separator (as the original's loader reads it)", src)
+    if rows < num_frames:
+        logger.info("%s has %d rows for %d frames: its last row is repeated for the last %d frame(s)", src, rows,
+                    num_frames, num_frames - rows)
+    text = "\n".join([header] + lines[1:] + [lines[-1]] * max(0, num_frames - rows)) + "\n"
     return atomic_write(dest, lambda tmp: tmp.write_text(text))
 
 

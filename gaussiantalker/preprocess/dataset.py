@@ -2,8 +2,9 @@
 GaussianTalker / ER-NeRF / TalkingGaussian (no ``meta.json``: read from its files).
 
 Legacy rules (``docs/dataset-format.md``): frames = the ``ori_imgs/<i>.jpg`` files, size from frame 0,
-25 fps, audio kind = the first present of ``aud_ds.npy`` (deepspeech), ``aud_hubert.npy`` (hubert),
-``aud_mfcc.npy`` (mfcc), no crop, backends unknown (empty).
+25 fps, audio kind = that of the first present of ``aud_ds.npy`` (deepspeech), ``aud_hubert.npy`` (hubert),
+``aud_mfcc.npy`` (mfcc), ``aud.npy`` (AD-NeRF: deepspeech), ``aud_hu.npy`` (ER-NeRF: hubert), ``aud_eo.npy``
+(ER-NeRF: wav2vec-eo) (:func:`gaussiantalker.data.legacy_audio_file`), no crop, backends unknown (empty).
 """
 
 from __future__ import annotations
@@ -21,8 +22,6 @@ from .crop import CropBox
 logger = logging.getLogger(__name__)
 
 PathLike = Union[str, os.PathLike]
-
-LEGACY_AUDIO = (("aud_ds.npy", "deepspeech"), ("aud_hubert.npy", "hubert"), ("aud_mfcc.npy", "mfcc"))
 
 
 @dataclass
@@ -153,10 +152,10 @@ def _image_size(path: Path) -> Tuple[int, int]:
 
 
 def _legacy_audio_kind(path: Path) -> str:
-    for fname, kind in LEGACY_AUDIO:
-        if (path / fname).is_file():
-            return kind
-    return "none"
+    from ..data import legacy_audio_file
+
+    found = legacy_audio_file(path)
+    return found[1] if found is not None else "none"
 
 
 def _legacy_split(path: Path) -> Optional[Dict[str, List[int]]]:

@@ -356,7 +356,7 @@ def run_steps(steps: Sequence[Step], ctx: Context,
         if not status.fingerprint:  # a dependency ran: compute the fingerprint with its new run_id
             dep_ids = {dep: ctx.markers[dep]["run_id"] for dep in s.depends}
             status.fingerprint = fingerprint(s, ctx, dep_ids)
-        logger.info("step %s: running (%s)", s.name, status.reason)
+        logger.debug("step %s: running (%s)", s.name, status.reason)
         for later in dependants(steps, s.name):  # they run again too: never leave them marked done meanwhile
             marker_path(ctx.folder, later).unlink(missing_ok=True)
         if on_step is not None:

@@ -33,6 +33,8 @@ class TrainRequest:
     iterations: Optional[int] = None  # total iterations (default: the config's)
     config: Optional[str] = None  # a preset name or the name of a file in <workspace>/webapp/configs
     au_csv: Optional[str] = None  # id of an "au_csv" upload (with a video)
+    landmarks: str = "auto"  # landmark backend (with a video): auto, mediapipe, dlib, face-alignment
+    audio_features: str = "auto"  # speech features (with a video): auto, mfcc, deepspeech, hubert
 
 
 class ModelTrainer:
@@ -76,6 +78,7 @@ class ModelTrainer:
         if req.iterations is not None and int(req.iterations) <= 0:
             raise ValueError(f"iterations must be a positive integer, got {req.iterations}")
         device = str(resolve_device(req.device))
+        backends = _backends(req)
         au_csv = None
         if req.video is not None:
             up = self.uploads.get(req.video, "video")
@@ -86,6 +89,9 @@ class ModelTrainer:
         else:
             if req.au_csv:
                 raise ValueError("an AU csv goes with a video upload; a dataset already has its au.csv")
+            if backends:
+                raise ValueError("landmarks / audio_features go with a video upload; a dataset is already "
+                                 "preprocessed")
             source = self.ws.data_dir(validate_name(req.dataset))
             if not source.is_dir():
                 have = ", ".join(self.ws.datasets()) or "none"
@@ -94,8 +100,8 @@ class ModelTrainer:
             name = validate_name(req.name) if req.name else req.dataset
         config = self._config(req.config)
         params = {"source": label, "name": name, "device": device, "iterations": req.iterations,
-                  "config": req.config or "64_dim_1_transformer", "au_csv": bool(au_csv)}
-        run = _TrainRun(str(source), name, device, req.iterations, config, au_csv, self.ws.root)
+                  "config": req.config or "64_dim_1_transformer", "au_csv": bool(au_csv), "backends": backends}
+        run = _TrainRun(str(source), name, device, req.iterations, config, au_csv, self.ws.root, backends)
         job, created = self.jobs.submit("train", f"train:{device}", params, run, key=f"train:{name}")
         if not created and job.params.get("source") != label:
             raise ValueError(f"model {name!r} is already being trained by job {job.id} from {job.params['source']}")
@@ -124,9 +130,9 @@ class _TrainRun:
     """The body of one training job (a callable object so the job records its arguments clearly)."""
 
     def __init__(self, source: str, name: str, device: str, iterations: Optional[int], config: Optional[str],
-                 au_csv: Optional[str], workspace: Path) -> None:
+                 au_csv: Optional[str], workspace: Path, backends: Optional[Dict[str, str]] = None) -> None:
         self.source, self.name, self.device, self.iterations = source, name, device, iterations
-        self.config, self.au_csv, self.workspace = config, au_csv, workspace
+        self.config, self.au_csv, self.workspace, self.backends = config, au_csv, workspace, backends
 
     def __call__(self, ctx: JobContext) -> Dict[str, Any]:
         import gaussiantalker
@@ -145,10 +151,27 @@ class _TrainRun:
         ctx.log(f"training {self.name} on {self.device} from {Path(self.source).name}")
         model = gaussiantalker.train(self.source, config=self.config, iterations=self.iterations,
                                      device=self.device, workspace=self.workspace, name=self.name, progress=False,
-                                     au_csv=self.au_csv, callback=callback)
+                                     au_csv=self.au_csv, callback=callback, backends=self.backends)
         metrics = {k: float(v) for k, v in (model.metrics or {}).items() if isinstance(v, (int, float))}
         ctx.log(f"finished: {model.name} iteration {model.iteration}")
         return {"model": model.name, "iteration": int(model.iteration), "metrics": metrics}
+
+
+def _backends(req: TrainRequest) -> Optional[Dict[str, str]]:
+    """The request's backend choices as the library's ``backends`` (None when both are auto), checked
+    against the command line's choices (``--landmarks``, ``--audio_features``)."""
+    from gaussiantalker.cli import AUDIO_FEATURES, LANDMARK_BACKENDS
+
+    chosen = {}
+    for key, value, allowed in (("landmarks", req.landmarks, LANDMARK_BACKENDS),
+                                ("audio", req.audio_features, AUDIO_FEATURES)):
+        value = value or "auto"
+        if value not in allowed:
+            field = "landmarks" if key == "landmarks" else "audio_features"
+            raise ValueError(f"{field} must be one of {', '.join(allowed)}, got {value!r}")
+        if value != "auto":
+            chosen[key] = value
+    return chosen or None
 
 
 def _progress_line(p: Dict[str, Any]) -> str:

@@ -1,8 +1,12 @@
 """Writing a tracking result in the dataset format: ``track_params.pt``, ``transforms_{train,val}.json``,
 ``points3d.ply`` and a preview video. Every file is written under a temporary name and renamed.
 
-* ``track_params.pt``: the original's keys only — ``id [1, Ni]``, ``exp [F, Ne]``, ``euler [F, 3]``,
-  ``trans [F, 3]``, ``focal [1]`` (float32, CPU); no per-frame vertices.
+* ``track_params.pt``: the original's keys — ``id [1, Ni]``, ``exp [F, Ne]``, ``euler [F, 3]``,
+  ``trans [F, 3]``, ``focal [1]``, ``vertices [1, N, 3]`` (float32, CPU). ``vertices`` is the canonical
+  point cloud in tracker units (``points3d.ply`` / 0.1): what the original's loader computes as the mean
+  over frames of its per-frame ``[F, 34650, 3]`` vertices, stored once (360 KB for 30,000 points, where
+  the original's per-frame vertices take ~3 GB for 5 minutes), so the original initialises its Gaussians
+  from it unchanged.
 * ``transforms_*.json`` (ER-NeRF convention): ``focal_len``, ``cx = W/2``, ``cy = H/2``, ``frames`` with
   ``img_id``, ``aud_id`` and ``transform_matrix`` = camera-to-world ``[Rotᵀ | -Rotᵀ·trans/10]``
   (:func:`gaussiantalker.camera.c2w_from_pose`); train = first ``int(F·10/11)`` frames, val = the rest.
@@ -35,14 +39,18 @@ logger = logging.getLogger(__name__)
 PathLike = Union[str, os.PathLike]
 
 
-def write_track_params(path: PathLike, result: TrackingResult) -> Path:
-    """``track_params.pt`` with the original's keys (no per-frame vertices)."""
+def write_track_params(path: PathLike, result: TrackingResult, cloud: Optional[PointCloud] = None) -> Path:
+    """``track_params.pt`` with the original's keys; ``vertices`` = ``[1, N, 3]`` ``cloud`` (scene units,
+    default :func:`canonical_point_cloud`) in tracker units (see the module docstring)."""
+    cloud = canonical_point_cloud(result) if cloud is None else cloud
+    vertices = torch.from_numpy(np.asarray(cloud.xyz, dtype=np.float64) / TRANSFORMS_SCALE).float()[None]
     params = {
         "id": result.id.reshape(1, -1).float().cpu(),
         "exp": result.exp.float().cpu(),
         "euler": result.euler.float().cpu(),
         "trans": result.trans.float().cpu(),
         "focal": torch.tensor([result.focal], dtype=torch.float32),
+        "vertices": vertices.contiguous(),
     }
     return atomic_write(Path(path), lambda tmp: torch.save(params, tmp))
 
@@ -101,8 +109,9 @@ def canonical_point_cloud(result: TrackingResult, num_points: int = 30000) -> Po
     return PointCloud(xyz=(verts * TRANSFORMS_SCALE).numpy())
 
 
-def write_point_cloud(path: PathLike, result: TrackingResult, num_points: int = 30000) -> Path:
-    return write_ply(path, canonical_point_cloud(result, num_points))
+def write_point_cloud(path: PathLike, result: TrackingResult, num_points: int = 30000,
+                      cloud: Optional[PointCloud] = None) -> Path:
+    return write_ply(path, canonical_point_cloud(result, num_points) if cloud is None else cloud)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -209,9 +218,10 @@ def write_tracking_outputs(folder: PathLike, result: TrackingResult, frames: Opt
     """Write all tracking outputs into ``folder`` (the preview only when ``frames`` are given); ``exclude``: see
     :func:`write_transforms`."""
     folder = Path(folder)
-    params = write_track_params(folder / "track_params.pt", result)
+    cloud = canonical_point_cloud(result, num_points)  # points3d.ply, and track_params.pt's vertices
+    params = write_track_params(folder / "track_params.pt", result, cloud)
     tf = write_transforms(folder, result, frame_ids, exclude)
-    ply = write_point_cloud(folder / "points3d.ply", result, num_points)
+    ply = write_point_cloud(folder / "points3d.ply", result, num_points, cloud)
     preview = write_preview(folder / preview_name, frames, result) if frames is not None else None
     jitter = result.rotation_jitter_deg()
     return TrackingOutputs(
