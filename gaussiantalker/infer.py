@@ -148,7 +148,7 @@ def _resolve_model_dir(model, workspace: Optional[PathLike]) -> Path:
     """A model folder: an existing folder is that folder; a string with a path separator (or a path
     object) is a folder; a bare string is a model name inside ``<workspace>/output``."""
     p = Path(model).expanduser()
-    if p.is_dir() or not isinstance(model, str) or "/" in model or "\\" in model:
+    if p.is_dir() or p.is_file() or not isinstance(model, str) or "/" in model or "\\" in model:
         return p
     return Workspace.at(workspace if workspace is not None else DEFAULT_WORKSPACE).model_dir(validate_name(model))
 
@@ -178,6 +178,20 @@ class _BackgroundCache:
         return img.float().div_(255.0)
 
 
+def pose_track(data) -> Tuple[List[int], Tensor, Tensor]:
+    """The pose sequence a :class:`Talker` follows: every tracked frame of ``data`` (train then val split),
+    ordered by frame id. Returns ``(img_ids [K], c2w [K, 4, 4] float32, eye [K] float32)``."""
+    refs = [(img_id, "train", k) for k, img_id in enumerate(data.train_ids)]
+    refs += [(img_id, "val", k) for k, img_id in enumerate(data.val_ids)]
+    refs.sort()
+    if not refs:
+        raise ValueError(f"dataset {data.path} has no frames")
+    splits = {"train": data.split("train"), "val": data.split("val")}
+    c2w = torch.stack([splits[name].c2w[k] for _, name, k in refs]).float()
+    eye = torch.stack([splits[name].eye[k] for _, name, k in refs]).float()
+    return [r[0] for r in refs], c2w, eye
+
+
 class Talker:
     """A trained model kept in memory for many renders. Build it with :func:`load`.
 
@@ -196,16 +210,8 @@ class Talker:
         self.audio_kind, self.audio_dim = str(loaded.audio_kind), int(loaded.audio_dim)
         self.width, self.height, self.focal = int(data.width), int(data.height), float(data.focal)
         self._extractor = _check_feature_kind(self.audio_kind, self.audio_dim, self.model_dir, assets)
-        # The pose sequence: every tracked frame, train then val split, ordered by frame id.
-        refs = [(img_id, "train", k) for k, img_id in enumerate(data.train_ids)]
-        refs += [(img_id, "val", k) for k, img_id in enumerate(data.val_ids)]
-        refs.sort()
-        if not refs:
-            raise ValueError(f"dataset {data.path} has no frames")
-        self.frame_ids = [r[0] for r in refs]  # [K] img_ids
-        splits = {"train": data.split("train"), "val": data.split("val")}
-        self.c2w = torch.stack([splits[name].c2w[k] for _, name, k in refs]).float()  # [K, 4, 4]
-        self.eye = torch.stack([splits[name].eye[k] for _, name, k in refs]).float()  # [K]
+        self.source: Optional[Path] = None  # the export file, for a Talker loaded from one
+        self.frame_ids, self.c2w, self.eye = pose_track(data)
         self._bg = _BackgroundCache(lambda i: data.bg_torso(self.frame_ids[i]), cache_mb * 2 ** 20)
 
     @property
@@ -466,6 +472,9 @@ class Talker:
 
         meta = _dataset_meta(self.data.path)
         crop = meta.get("crop")
+        if self.source is not None:
+            raise ValueError(f"paste_back needs the source video and the dataset's crop; {self.source} is an export "
+                             f"without them: render from the model folder")
         if not crop:
             raise ValueError(f"paste_back: dataset {self.data.path} was not cropped (meta.json has no crop)")
         crop = Crop.from_meta(crop)
@@ -481,7 +490,8 @@ def load(model_dir, iteration: Optional[int] = None, device="auto", workspace: O
 
     Args:
         model_dir: the model folder (``<workspace>/output/<name>``), a model name in ``workspace``
-            (default ``./GaussianTalker``), or a :class:`gaussiantalker.train.Model`.
+            (default ``./GaussianTalker``), a :class:`gaussiantalker.train.Model`, or an export file
+            (``NAME.gtalk``, :func:`gaussiantalker.export.export`: needs no dataset).
         iteration: the saved iteration to load (default: the newest).
         device: ``"auto"``, ``"CPU"``, ``"GPU0"``, ``"cuda:1"``, ...
         assets: asset folder for the audio-feature model files (DeepSpeech graph, HuBERT).
@@ -496,6 +506,12 @@ def load(model_dir, iteration: Optional[int] = None, device="auto", workspace: O
 
     dev = resolve_device(device)
     path = _resolve_model_dir(getattr(model_dir, "path", model_dir), workspace)
+    if path.is_file():  # a one-file export (gaussiantalker.export)
+        if iteration is not None:
+            raise ValueError(f"{path} is an export of one iteration: load it without iteration=")
+        from .export import load_export
+
+        return load_export(path, device=dev, assets=assets, cache_mb=cache_mb)
     loaded = load_model(path, iteration=iteration, device=dev)
     _check_feature_kind(loaded.audio_kind, loaded.audio_dim, path, assets)
     ds = Path(loaded.dataset_path)
