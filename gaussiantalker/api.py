@@ -319,7 +319,7 @@ def evaluate(
 
 
 def export(model: Any, out: PathLike, iteration: Optional[int] = None, workspace: Optional[PathLike] = None,
-           progress: bool = True) -> ExportResult:
+           progress: bool = True, crf: Optional[int] = None) -> ExportResult:
     """Write a trained model into one file that renders anywhere, without its dataset.
 
     The file (``.gtalk`` by convention) is a safetensors file (no pickle): the model's whole state dict, its
@@ -334,6 +334,9 @@ def export(model: Any, out: PathLike, iteration: Optional[int] = None, workspace
         iteration: which saved iteration (default the newest).
         workspace: the workspace, when ``model`` is a name (default ``GaussianTalker``).
         progress: show a progress bar while the frames are encoded.
+        crf: None (default) stores the torso/background frames losslessly (renders equal the folder's bit for
+            bit); an H.264 quality such as 18 makes the file several times smaller, the composited frames then
+            differ from the folder's where the background shows, by the codec's error.
 
     Returns:
         ``ExportResult`` (``.path``, ``.bytes``, ``.iteration``, ``.frames``, ``.codec``, ``.seconds``).
@@ -344,4 +347,4 @@ def export(model: Any, out: PathLike, iteration: Optional[int] = None, workspace
     _check_model(model, workspace)
     from .export import export as run
 
-    return run(model, out, iteration=iteration, workspace=workspace, progress=progress)
+    return run(model, out, iteration=iteration, workspace=workspace, progress=progress, crf=crf)

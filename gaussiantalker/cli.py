@@ -206,6 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model_dir", "--model-dir", required=True, metavar="NAME", help="model name")
     p.add_argument("--out", required=True, metavar="FILE", help="the file to write (NAME.gtalk)")
     p.add_argument("--iteration", type=_positive_int, metavar="K", help="saved iteration (default: the newest)")
+    p.add_argument("--crf", type=int, metavar="Q", help="store the torso/background frames lossy at this H.264 "
+                   "quality (e.g. 18: several times smaller; default lossless, renders identical to the folder's)")
 
     p = _sub(subs, "assets", "list the optional pretrained files: where looked for, found or not, what each enables",
              common)
@@ -348,7 +350,8 @@ def _cmd_export(args) -> int:
         return EXIT_OK
     from . import api
 
-    result = api.export(name, args.out, iteration=args.iteration, workspace=ws.root, progress=_progress(args))
+    result = api.export(name, args.out, iteration=args.iteration, workspace=ws.root, progress=_progress(args),
+                        crf=args.crf)
     print(f"export: {result.path} ({result.bytes / 1e6:.1f} MB, iteration {result.iteration}, {result.frames} frames)")
     return EXIT_OK
 

@@ -13,11 +13,12 @@ machine without the dataset:
 * ``track.frame_ids`` ``[K]`` int64, ``track.c2w`` ``[K, 4, 4]`` float32, ``track.eye`` ``[K]`` float32: the
   pose sequence a :class:`~gaussiantalker.infer.Talker` follows (every tracked frame, in frame order);
 * ``media.bg_torso``: the bytes of a Matroska video of the K torso-over-background frames, encoded
-  losslessly (H.264 RGB at ``-qp 0``, or FFV1 where the ffmpeg build lacks ``libx264rgb``), one keyframe
-  every :data:`GOP` frames so that a block of frames can be decoded on its own.
+  losslessly by default (H.264 RGB at ``-qp 0``, or FFV1 where the ffmpeg build lacks ``libx264rgb``), one
+  keyframe every :data:`GOP` frames so that a block of frames can be decoded on its own.
 
-Frames decode bit-exactly, so a render from the export equals the render from the model folder pixel for
-pixel (``tests/test_export.py``). ``docs/export.md`` has the details.
+Lossless frames decode bit-exactly, so a render from the export equals the render from the model folder
+pixel for pixel (``tests/test_export.py``); ``crf=`` trades that for a smaller file. ``docs/export.md`` has
+the details and sizes.
 """
 
 from __future__ import annotations
@@ -87,22 +88,26 @@ def _safetensors():
 # writing
 
 
-def _codec() -> tuple[str, list[str]]:
-    """The lossless encoder to use and its ffmpeg arguments (libx264rgb if the build has it, else FFV1)."""
-    from .media import run_ffmpeg
+def _codec(crf: Optional[int] = None) -> tuple[str, list[str]]:
+    """The encoder to use and its ffmpeg arguments: H.264 in RGB (``libx264rgb``), lossless (``-qp 0``) or at
+    quality ``crf``; without ``libx264rgb`` in the ffmpeg build, lossless FFV1 (``crf`` is then refused)."""
+    from .media import MediaError, run_ffmpeg
 
     encoders = run_ffmpeg(["-encoders"], capture_stdout=True).stdout.decode("utf-8", "replace")
     if " libx264rgb " in encoders:
-        return "libx264rgb", ["-c:v", "libx264rgb", "-qp", "0", "-preset", "fast", "-g", str(GOP),
-                              "-pix_fmt", "rgb24"]
+        quality = ["-qp", "0"] if crf is None else ["-crf", str(int(crf))]
+        return "libx264rgb", ["-c:v", "libx264rgb", *quality, "-preset", "fast", "-g", str(GOP), "-pix_fmt", "rgb24"]
+    if crf is not None:
+        raise MediaError("this ffmpeg has no libx264rgb encoder: export without crf (lossless FFV1)")
     return "ffv1", ["-c:v", "ffv1", "-level", "3", "-g", "1", "-pix_fmt", "bgr0"]
 
 
-def _encode_frames(frames, width: int, height: int, out: Path) -> str:
-    """Encode ``[H, W, 3]`` uint8 RGB frames losslessly to the Matroska file ``out``; returns the encoder."""
+def _encode_frames(frames, width: int, height: int, out: Path, crf: Optional[int] = None) -> str:
+    """Encode ``[H, W, 3]`` uint8 RGB frames to the Matroska file ``out`` (lossless unless ``crf``); returns
+    the encoder."""
     from .media import MediaError, ffmpeg_exe
 
-    codec, args = _codec()
+    codec, args = _codec(crf)
     cmd = [ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-nostdin", "-y", "-f", "rawvideo",
            "-pix_fmt", "rgb24", "-s", f"{width}x{height}", "-r", str(FPS), "-i", "pipe:0", *args,
            "-f", "matroska", str(out)]
@@ -136,7 +141,7 @@ def _model_source(model, iteration: Optional[int], workspace: Optional[PathLike]
 
 
 def export(model, out: PathLike, iteration: Optional[int] = None, workspace: Optional[PathLike] = None,
-           progress: bool = True) -> ExportResult:
+           progress: bool = True, crf: Optional[int] = None) -> ExportResult:
     """Write a trained model and everything rendering needs into one file (atomically).
 
     Args:
@@ -145,6 +150,10 @@ def export(model, out: PathLike, iteration: Optional[int] = None, workspace: Opt
         iteration: which saved iteration (default the newest).
         workspace: the workspace, when ``model`` is a name (default ``GaussianTalker``).
         progress: show a progress bar while the frames are encoded.
+        crf: None (default): the torso/background frames are stored losslessly and renders equal the model
+            folder's bit for bit. An H.264 quality (0-51, e.g. 18) stores them lossy, several times smaller:
+            the Gaussians render identically, the composited frames differ where the background shows,
+            by the codec's error (docs/export.md).
     Returns:
         :class:`ExportResult` (path, size in bytes, iteration, frames, encoder, seconds).
     Raises:
@@ -159,6 +168,8 @@ def export(model, out: PathLike, iteration: Optional[int] = None, workspace: Opt
     from .model.io import load_model
 
     st, _ = _safetensors()
+    if crf is not None and not 0 <= int(crf) <= 51:
+        raise ValueError(f"crf must be an H.264 quality in 0..51 (or None: lossless), got {crf}")
     start = time.perf_counter()
     folder, iteration = _model_source(model, iteration, workspace)
     loaded = load_model(folder, iteration=iteration, device="cpu")
@@ -178,7 +189,7 @@ def export(model, out: PathLike, iteration: Optional[int] = None, workspace: Opt
         video = Path(tmp) / "bg_torso.mkv"
         bar = tqdm(frame_ids, unit="frame", desc="export frames", disable=not progress)
         try:
-            codec = _encode_frames((data.bg_torso(i) for i in bar), int(data.width), int(data.height), video)
+            codec = _encode_frames((data.bg_torso(i) for i in bar), int(data.width), int(data.height), video, crf)
         finally:
             bar.close()
         blob = np.fromfile(video, dtype=np.uint8)
@@ -196,7 +207,7 @@ def export(model, out: PathLike, iteration: Optional[int] = None, workspace: Opt
         "audio_dim": int(loaded.audio_dim), "width": int(loaded.width), "height": int(loaded.height),
         "focal": float(loaded.focal), "frames": len(frame_ids), "fps": FPS,
         "bg_torso": {"container": "matroska", "codec": codec, "gop": GOP if codec == "libx264rgb" else 1,
-                     "pix_fmt": "rgb24", "lossless": True},
+                     "pix_fmt": "rgb24", "lossless": crf is None, "crf": crf},
         "source": {"model": folder.name, "dataset": data.name,
                    "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
     }

@@ -19,7 +19,6 @@ from _infer_helpers import model_folder, synthetic
 
 import gaussiantalker as gt
 from gaussiantalker.cli import main as cli_main
-from gaussiantalker.export import EXPORT_VERSION, META_KEY, ExportError, read_export
 
 pytest.importorskip("safetensors", reason="exports need safetensors (a dependency: pip install safetensors)")
 
@@ -77,6 +76,8 @@ def test_export_renders_identically_without_the_dataset(exported, tmp_path):
 def test_export_file_is_safetensors_with_versioned_metadata(exported):
     from safetensors import safe_open
 
+    from gaussiantalker.export import EXPORT_VERSION, META_KEY
+
     path = exported["result"].path
     head = path.read_bytes()[:8 + 1]
     (n,) = struct.unpack("<Q", head[:8])
@@ -91,12 +92,15 @@ def test_export_file_is_safetensors_with_versioned_metadata(exported):
             assert torch.equal(f.get_tensor(f"model.{k}"), v.cpu()), k
     assert meta["format"] == "gaussiantalker-export" and meta["version"] == EXPORT_VERSION
     assert meta["audio_kind"] == "mfcc" and meta["frames"] == 44 and meta["bg_torso"]["lossless"] is True
+    assert meta["bg_torso"]["crf"] is None
     assert meta["config"]["ModelParams"]["sh_degree"] >= 0
 
 
 def _rewrite_meta(src: Path, dst: Path, **changes) -> Path:
     from safetensors import safe_open
     from safetensors.torch import save_file
+
+    from gaussiantalker.export import META_KEY
 
     with safe_open(str(src), framework="pt") as f:
         tensors = {k: f.get_tensor(k) for k in f.keys()}
@@ -108,6 +112,8 @@ def _rewrite_meta(src: Path, dst: Path, **changes) -> Path:
 
 def test_bad_files_fail_with_one_line_naming_them(exported, tmp_path):
     from safetensors.torch import save_file
+
+    from gaussiantalker.export import EXPORT_VERSION, ExportError, read_export
 
     src = exported["result"].path
     truncated = tmp_path / "truncated.gtalk"
@@ -212,3 +218,17 @@ def test_cli_train_fresh_flag(tmp_path, capsys):
     assert "different dataset" in capsys.readouterr().err
     assert cli_main(args + ["--fresh"]) == 0
     assert json.loads((ws / "output" / "talk" / "dataset.json").read_text())["path"] == str(second.resolve())
+
+
+def test_lossy_frames_change_only_the_background_by_the_codec_error(exported, tmp_path):
+    lossy = gt.export(exported["folder"], tmp_path / "lossy.gtalk", crf=18, progress=False)
+    talker = gt.load(lossy.path, device="cpu")
+    bg = np.stack([talker.data.bg_torso(i) for i in talker.frame_ids]).astype(int)
+    err = np.abs(bg - exported["bg"])
+    assert 0 < err.max() and err.mean() < 2.0  # lossy, but close
+    frames = np.stack(list(talker.frames(_audio(), batch_size=16))).astype(int)
+    diff = np.abs(frames - exported["frames"])
+    # The Gaussians are the same; a composited pixel moves at most as much as the background under it.
+    assert diff.max() <= err.max() + 1 and diff.mean() <= err.mean() + 0.5
+    with pytest.raises(ValueError, match="crf"):
+        gt.export(exported["folder"], tmp_path / "bad.gtalk", crf=99, progress=False)
