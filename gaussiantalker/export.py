@@ -380,8 +380,8 @@ def load_export(path: PathLike, device="auto", assets: Optional[PathLike] = None
     from .infer import Talker
 
     dev = resolve_device(device)
-    loaded, data = read_export(path, device=dev)
-    p = Path(path).expanduser()
+    p = Path(path).expanduser().resolve()
+    loaded, data = read_export(p, device=dev)
     talker = Talker(loaded, data, p.parent / p.stem, dev, assets, cache_mb)
     talker.source = p
     return talker

@@ -145,12 +145,15 @@ def run_batches(fn: Callable[[int, int], T], total: int, batch_size: int) -> Ite
 
 
 def _resolve_model_dir(model, workspace: Optional[PathLike]) -> Path:
-    """A model folder: an existing folder is that folder; a string with a path separator (or a path
-    object) is a folder; a bare string is a model name inside ``<workspace>/output``."""
+    """A model folder or export file: an existing folder is that folder; a string with a path separator (or
+    a path object) is that path; a bare string is a model name inside ``<workspace>/output`` (or an export
+    file of that name in the current folder when the workspace has no such model)."""
     p = Path(model).expanduser()
-    if p.is_dir() or p.is_file() or not isinstance(model, str) or "/" in model or "\\" in model:
+    if p.is_dir() or not isinstance(model, str) or "/" in model or "\\" in model:
         return p
-    return Workspace.at(workspace if workspace is not None else DEFAULT_WORKSPACE).model_dir(validate_name(model))
+    named = Workspace.at(workspace if workspace is not None else DEFAULT_WORKSPACE).model_dir(validate_name(model))
+    # A bare name is the workspace's model; a file of that name here is an export only when there is none.
+    return p if p.is_file() and not named.is_dir() else named
 
 
 class _BackgroundCache:

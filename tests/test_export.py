@@ -232,3 +232,12 @@ def test_lossy_frames_change_only_the_background_by_the_codec_error(exported, tm
     assert diff.max() <= err.max() + 1 and diff.mean() <= err.mean() + 0.5
     with pytest.raises(ValueError, match="crf"):
         gt.export(exported["folder"], tmp_path / "bad.gtalk", crf=99, progress=False)
+
+
+def test_a_bare_name_is_the_workspace_model_before_a_file_of_that_name(exported, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "tiny").write_bytes(b"not an export")
+    talker = gt.load("tiny", workspace=exported["root"], device="cpu")  # the model folder, not the stray file
+    assert talker.source is None and talker.model_dir == exported["folder"]
+    shutil.copyfile(exported["result"].path, tmp_path / "tiny.gtalk")
+    assert gt.load("tiny.gtalk", workspace=exported["root"], device="cpu").source == tmp_path / "tiny.gtalk"

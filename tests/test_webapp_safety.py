@@ -246,6 +246,9 @@ def test_retention_deletes_the_oldest_past_the_quota_and_old_or_stale_files(tmp_
     fresh.write_bytes(b"\0" * 10)
     os.utime(stale, (now - 7200, now - 7200))
     os.utime(fresh, (now - 5, now - 5))
+    render_left = vids / ".00000000000000a9.x1y2.mp4"  # a render's temporary file left by a crash
+    render_left.write_bytes(b"\0" * 10)
+    os.utime(render_left, (now - 7200, now - 7200))
     busy = {ids[0]}  # the oldest upload is the input of a queued job
     r = Retention(up, vids, retention_days=7, quota_mb=520 * kib / 2 ** 20, stale_part_hours=1.0,
                   in_use=lambda: busy)
@@ -257,7 +260,7 @@ def test_retention_deletes_the_oldest_past_the_quota_and_old_or_stale_files(tmp_
     assert (up / f"{ids[0]}.wav").exists()  # in use: kept although oldest
     assert not (up / f"{ids[1]}.wav").exists() and not (up / f"{ids[1]}.json").exists()
     assert all((up / f"{uid}.wav").exists() for uid in ids[3:]) and video.exists() and segs.is_dir()
-    assert fresh.exists() and not stale.exists()
+    assert fresh.exists() and not stale.exists() and not render_left.exists()
     assert sum(it.size for it in r.items()) <= 520 * kib
     # By age: a week later everything unused is older than the retention period.
     later = r.sweep(now=now + 8 * 86400)

@@ -3,7 +3,8 @@
 :meth:`Retention.sweep` (run when the app starts, after every stored upload and after every finished job)
 deletes, never touching what a queued or running job uses:
 
-1. unfinished uploads (``uploads/.<id>.part``) untouched for ``stale_part_hours``;
+1. unfinished uploads (``uploads/.<id>.part``) and renders (``static/videos/.<name>``, an atomic write's
+   temporary file) untouched for ``stale_part_hours``;
 2. uploads (``uploads/<id>.<ext>`` + ``<id>.json``) and rendered videos (``static/videos/<job>.mp4``, the
    chat's ``static/videos/<job>/`` segment folders) older than ``retention_days``;
 3. then, while uploads + videos + unfinished uploads take more than ``storage_quota_mb``, the oldest of them
@@ -76,6 +77,9 @@ class Retention:
             if m:
                 groups.setdefault(("upload", m.group(1)), []).append(p)
         for p in self.videos_dir.iterdir() if self.videos_dir.is_dir() else ():
+            if p.name.startswith(".") and p.is_file():  # an atomic write's temporary file (a render in progress)
+                groups[("part", p.name)] = [p]
+                continue
             m = _JOB.match(p.name)
             if m:
                 groups.setdefault(("video", m.group(1)), []).append(p)
