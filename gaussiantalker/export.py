@@ -246,7 +246,8 @@ def _read_meta(path: Path) -> tuple[dict, Any]:
     except ValueError as exc:
         raise ExportError(f"{path}: damaged export (its metadata is not valid JSON: {exc})") from None
     if not isinstance(meta, dict) or meta.get("format") != EXPORT_FORMAT:
-        raise ExportError(f"{path}: not a gaussiantalker export (format {meta.get('format') if isinstance(meta, dict) else None!r})")
+        fmt = meta.get("format") if isinstance(meta, dict) else None
+        raise ExportError(f"{path}: not a gaussiantalker export (format {fmt!r})")
     version = meta.get("version")
     if not isinstance(version, int):
         raise ExportError(f"{path}: damaged export (no integer version field)")

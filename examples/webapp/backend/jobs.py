@@ -170,7 +170,8 @@ class JobManager:
         """
         restored = []
         with self._lock:
-            ids = sorted((i for i in self._was_active if self._jobs[i].kind == kind), key=lambda i: self._jobs[i].created)
+            ids = sorted((i for i in self._was_active if self._jobs[i].kind == kind),
+                         key=lambda i: self._jobs[i].created)
             for job_id in ids:
                 job, was = self._jobs[job_id], self._was_active.pop(job_id)
                 try:

@@ -194,7 +194,12 @@ def model_lock(locks_dir: Path, name: str, ctx: Optional[JobContext] = None, pol
     """Hold the exclusive lock of model ``name`` (``<locks_dir>/train-<name>.lock``, ``flock``; released when
     the process dies). Waits while another job, in this process or another, holds it; ``ctx`` gets a
     ``waiting`` progress line and can cancel the wait."""
-    import fcntl
+    try:
+        import fcntl
+    except ImportError:  # not POSIX (Windows): one process per workspace is the user's job there
+        log.warning("no fcntl on this platform: training jobs of other processes are not excluded")
+        yield None
+        return
 
     locks_dir.mkdir(parents=True, exist_ok=True)
     path = locks_dir / f"train-{validate_name(name)}.lock"
