@@ -241,3 +241,19 @@ def test_a_bare_name_is_the_workspace_model_before_a_file_of_that_name(exported,
     assert talker.source is None and talker.model_dir == exported["folder"]
     shutil.copyfile(exported["result"].path, tmp_path / "tiny.gtalk")
     assert gt.load("tiny.gtalk", workspace=exported["root"], device="cpu").source == tmp_path / "tiny.gtalk"
+
+
+def test_fingerprint_follows_the_tracks_and_audio_not_meta_timings(tmp_path):
+    from gaussiantalker.train.fingerprint import dataset_fingerprint
+
+    ds = synthetic(tmp_path, name="fp")
+    fp = dataset_fingerprint(ds)
+    assert fp == dataset_fingerprint(ds) and fp.startswith("sha256:")
+    meta = json.loads((ds / "meta.json").read_text())
+    meta["timings_for_the_test"] = {"frames": 1.23}
+    (ds / "meta.json").write_text(json.dumps(meta))  # re-running a step rewrites meta.json: same dataset
+    assert dataset_fingerprint(ds) == fp
+    tr = json.loads((ds / "transforms_val.json").read_text())
+    tr["frames"][0]["transform_matrix"][0][3] += 0.01  # another tracking: another dataset
+    (ds / "transforms_val.json").write_text(json.dumps(tr))
+    assert dataset_fingerprint(ds) != fp

@@ -6,10 +6,12 @@ checkpoint. A second video with the same file stem would therefore continue the 
 ``train`` into the same folder compares the fingerprint before it resumes, and refuses (naming both
 datasets) unless asked to start afresh.
 
-The fingerprint is a SHA-256 over the files that identify a preprocessed video and are small enough to
-read whole: the camera tracks (``transforms_train.json``, ``transforms_val.json``), the audio features
-(``aud_*.npy``, a few MB), the blinks (``au.csv``) and the background (``bc.jpg``). ``meta.json`` is left
-out: it records timings that change when preprocessing re-runs a step on the same video.
+The fingerprint is a SHA-256 over the files that identify a preprocessed video: the camera tracks
+(``transforms_train.json``, ``transforms_val.json``), the audio features (``aud_*.npy``), the blinks
+(``au.csv``) and the background (``bc.jpg``), each with its size. Files up to :data:`WHOLE` bytes are read
+whole; larger ones (HuBERT features of a long video reach hundreds of MB) by their first and last
+:data:`SAMPLE` bytes, so the check stays well under a second. ``meta.json`` is left out: it records timings
+that change when preprocessing re-runs a step on the same video.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ log = logging.getLogger(__name__)
 
 PathLike = Union[str, os.PathLike]
 RECORD = "dataset.json"
+WHOLE = 32 * 2 ** 20
+SAMPLE = 4 * 2 ** 20
 _FILES = ("transforms_train.json", "transforms_val.json", "au.csv", "bc.jpg", "aud_ds.npy", "aud_hubert.npy",
           "aud_mfcc.npy")
 
@@ -47,10 +51,16 @@ def dataset_fingerprint(path: PathLike) -> str:
         f = root / name
         if not f.is_file():
             continue
-        h.update(name.encode() + b"\0" + str(f.stat().st_size).encode() + b"\0")
+        size = f.stat().st_size
+        h.update(name.encode() + b"\0" + str(size).encode() + b"\0")
         with open(f, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                h.update(block)
+            if size <= WHOLE:
+                for block in iter(lambda: fh.read(1 << 20), b""):
+                    h.update(block)
+            else:
+                h.update(fh.read(SAMPLE))
+                fh.seek(size - SAMPLE)
+                h.update(fh.read(SAMPLE))
     return "sha256:" + h.hexdigest()
 
 
