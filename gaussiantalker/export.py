@@ -27,6 +27,7 @@ import json
 import logging
 import os
 import shutil
+import struct
 import subprocess
 import tempfile
 import threading
@@ -264,11 +265,11 @@ class _FrameVideo:
     """Random access to the frames of the lossless frame video: decodes aligned blocks of :data:`GOP`
     frames with ffmpeg (accurate seek) and keeps the last few blocks."""
 
-    def __init__(self, blob: torch.Tensor, width: int, height: int, frames: int, keep: int = 4) -> None:
+    def __init__(self, source: Path, key: str, width: int, height: int, frames: int, keep: int = 4) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="gaussiantalker-export-"))
         self._cleanup = weakref.finalize(self, shutil.rmtree, str(self.dir), True)
         self.file = self.dir / "bg_torso.mkv"
-        blob.numpy().tofile(self.file)
+        _copy_tensor_bytes(source, key, self.file)
         self.width, self.height, self.frames = int(width), int(height), int(frames)
         self._blocks: OrderedDict[int, np.ndarray] = OrderedDict()
         self._keep = int(keep)
@@ -306,6 +307,24 @@ class _FrameVideo:
 
     def close(self) -> None:
         self._cleanup()
+
+
+def _copy_tensor_bytes(path: Path, key: str, dst: Path) -> None:
+    """Copy the raw bytes of tensor ``key`` of the safetensors file ``path`` to ``dst`` in blocks (the frame
+    video can be hundreds of MB: it is not read into memory)."""
+    with open(path, "rb") as f:
+        (n,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(n))
+        start, stop = (int(x) for x in header[key]["data_offsets"])
+        f.seek(8 + n + start)
+        left = stop - start
+        with open(dst, "wb") as out:
+            while left > 0:
+                block = f.read(min(left, 1 << 22))
+                if not block:
+                    raise ExportError(f"{path}: damaged export (the frame video is cut short)")
+                out.write(block)
+                left -= len(block)
 
 
 class PackedData:
@@ -354,7 +373,9 @@ def read_export(path: PathLike, device="cpu"):
     try:
         keys = list(handle.keys())
         state = {k[len("model."):]: handle.get_tensor(k) for k in keys if k.startswith("model.")}
-        track = {k: handle.get_tensor(k) for k in ("track.frame_ids", "track.c2w", "track.eye", "media.bg_torso")}
+        track = {k: handle.get_tensor(k) for k in ("track.frame_ids", "track.c2w", "track.eye")}
+        if "media.bg_torso" not in keys:
+            raise KeyError("media.bg_torso")
         config = TrainConfig.from_dict(meta["config"], origin=str(p))
         model = GaussianTalkerModel(config, int(meta["audio_dim"]), int(state["xyz"].shape[0]))
         model.load_state_dict(state, strict=True)
@@ -367,7 +388,8 @@ def read_export(path: PathLike, device="cpu"):
     loaded = LoadedModel(model=model, config=config, iteration=int(meta["iteration"]),
                          audio_kind=str(meta["audio_kind"]), audio_dim=int(meta["audio_dim"]), dataset_path=p,
                          width=int(meta["width"]), height=int(meta["height"]), focal=float(meta["focal"]))
-    video = _FrameVideo(track["media.bg_torso"], loaded.width, loaded.height, int(meta["frames"]))
+    del handle
+    video = _FrameVideo(p, "media.bg_torso", loaded.width, loaded.height, int(meta["frames"]))
     data = PackedData(p, meta, track["track.frame_ids"], track["track.c2w"], track["track.eye"], video)
     return loaded, data
 
