@@ -142,9 +142,34 @@ def test_token_is_required_when_configured(ws, monkeypatch):
         cookie = r.headers["set-cookie"]
         assert "gt_token=s3cret-token" in cookie and "HttpOnly" in cookie and "SameSite=Strict" in cookie
         assert c.get("/model_training.html").status_code == 200  # the client keeps the cookie
+        assert _guard_redirect("//evil.example/x", "token=s3cret-token") == "/evil.example/x"  # never off-site
         assert c.get("/api/status").status_code == 200
         # A token does not replace the other checks.
         _error(c.post("/api/train", json={"dataset": "tiny"}, headers={"Origin": EVIL}), 403)
+
+
+def _guard_redirect(path: str, query: str) -> str:
+    """Where the guard redirects a page request carrying the right token (a raw ASGI call, any path)."""
+    import asyncio
+
+    from examples.webapp.backend.security import RequestGuard
+
+    sent = []
+
+    async def app(scope, receive, send):
+        raise AssertionError("the guard should have answered")
+
+    async def send(message):
+        sent.append(message)
+
+    async def receive():
+        return {"type": "http.request", "body": b""}
+
+    scope = {"type": "http", "method": "GET", "path": path, "query_string": query.encode(),
+             "headers": [(b"host", b"127.0.0.1:8000")]}
+    asyncio.run(RequestGuard(app, token="s3cret-token")(scope, receive, send))
+    assert sent[0]["status"] == 303
+    return dict(sent[0]["headers"])[b"location"].decode()
 
 
 def test_bind_elsewhere_needs_a_token(ws, monkeypatch, capsys):

@@ -120,7 +120,8 @@ class RequestGuard:
 
     async def _set_cookie_and_redirect(self, scope, send) -> None:
         query = [(k, v) for k, v in parse_qsl(scope.get("query_string", b"").decode("latin-1")) if k != "token"]
-        location = scope["path"] + (f"?{urlencode(query)}" if query else "")
+        path = "/" + scope["path"].lstrip("/")  # "//host" would be a redirect to another site
+        location = path + (f"?{urlencode(query)}" if query else "")
         cookie = f"{COOKIE}={self.token}; Path=/; HttpOnly; SameSite=Strict"
         await send({"type": "http.response.start", "status": 303,
                     "headers": [(b"location", location.encode("latin-1")), (b"set-cookie", cookie.encode("latin-1")),
