@@ -26,7 +26,8 @@ import types
 __version__ = "0.1.0.dev0"
 
 # verb -> the subpackage that shares its name (None: no subpackage of that name)
-_VERBS = {"preprocess": "preprocess", "train": "train", "render": "render", "evaluate": "evaluate", "load": None}
+_VERBS = {"preprocess": "preprocess", "train": "train", "render": "render", "evaluate": "evaluate", "load": None,
+          "export": "export"}
 
 # result type -> module that defines it (imported on first access)
 _TYPES = {
@@ -35,10 +36,11 @@ _TYPES = {
     "RenderResult": "gaussiantalker.infer",
     "Talker": "gaussiantalker.infer",
     "EvaluationResult": "gaussiantalker.evaluate",
+    "ExportResult": "gaussiantalker.export",
     "Progress": "gaussiantalker.progress",
 }
 
-__all__ = ["__version__", "preprocess", "train", "render", "load", "evaluate", *_TYPES]
+__all__ = ["__version__", "preprocess", "train", "render", "load", "evaluate", "export", *_TYPES]
 
 
 class _VerbModule(types.ModuleType):

@@ -8,6 +8,7 @@ video = gt.render(model, audio="speech.wav", batch_size=128)
 talker = gt.load("GaussianTalker/output/obama")
 for frame in talker.stream(audio_chunks): ...
 report = gt.evaluate(model)
+gt.export(model, "obama.gtalk"); talker = gt.load("obama.gtalk")   # one file, no dataset needed
 ```
 
 Each verb imports its pipeline when it is called (``import gaussiantalker`` stays cheap), checks what is
@@ -29,6 +30,7 @@ from .workspace import DEFAULT_WORKSPACE
 
 if TYPE_CHECKING:  # the result types live with their pipelines
     from .evaluate import EvaluationResult
+    from .export import ExportResult
     from .infer import RenderResult, Talker
     from .preprocess.dataset import Dataset
     from .train import Model
@@ -37,7 +39,7 @@ log = logging.getLogger(__name__)
 
 PathLike = Union[str, os.PathLike]
 
-__all__ = ["evaluate", "load", "preprocess", "render", "train"]
+__all__ = ["evaluate", "export", "load", "preprocess", "render", "train"]
 
 
 def _device(device: Any) -> str:
@@ -123,7 +125,7 @@ def _check_model(model: Any, workspace: Optional[PathLike]) -> None:
 
     text = os.fspath(model)
     folder = Path(text).expanduser()
-    if folder.is_dir():
+    if folder.is_dir() or folder.is_file():  # a model folder, or an export file
         return
     if not isinstance(model, str) or "/" in text or "\\" in text:
         raise FileNotFoundError(f"model folder {folder} does not exist")
@@ -149,6 +151,7 @@ def train(
     au_csv: Optional[PathLike] = None,
     callback: Optional[ProgressCallback] = None,
     backends: Optional[Dict[str, str]] = None,
+    restart: bool = False,
 ) -> Model:
     """Train a talking-head model; resumes from the newest checkpoint of ``<workspace>/output/<name>/``.
 
@@ -171,6 +174,9 @@ def train(
             keeping what is saved (the next call resumes).
         backends: preprocessing backends for a video input (see :func:`preprocess`), e.g.
             ``{"landmarks": "dlib", "audio": "deepspeech"}``.
+        restart: discard the model folder's checkpoints and snapshots and train afresh. Without it, a model
+            folder whose checkpoints were trained on another dataset (e.g. another video with the same file
+            name) is refused with ``DatasetMismatchError`` naming both datasets.
 
     Returns:
         the ``Model`` (``.path``, ``.name``, ``.iteration``, ``.config``, ``.audio_kind``, ``.metrics``).
@@ -201,7 +207,7 @@ def train(
     from .train import train as run
 
     return run(data, config=config, iterations=iterations, device=dev, workspace=workspace, name=name,
-               progress=progress, assets=assets, callback=callback)
+               progress=progress, assets=assets, callback=callback, restart=restart)
 
 
 def render(
@@ -270,7 +276,8 @@ def load(model_dir: Any, iteration: Optional[int] = None, device: str = "auto",
 
     Args:
         model_dir: the model folder (``<workspace>/output/<name>``), a model name inside
-            ``<workspace>/output``, or a ``Model``.
+            ``<workspace>/output``, a ``Model``, or an export file (``NAME.gtalk``, see :func:`export`):
+            it renders without the dataset.
         iteration: which saved iteration (default the newest).
         device: ``"auto"``, ``"CPU"``, ``"GPU<n>"`` or ``"cuda:<n>"``.
         workspace: the workspace, when ``model_dir`` is a name (default ``GaussianTalker``).
@@ -283,6 +290,8 @@ def load(model_dir: Any, iteration: Optional[int] = None, device: str = "auto",
 
     Raises:
         FileNotFoundError: no model there; ``IterationNotFoundError`` lists the saved iterations.
+        ExportError: (a ValueError) an export file that is corrupt, truncated, not an export, or from a
+            newer version; the one-line message names the file.
     """
     _check_model(model_dir, workspace)
     dev = _device(device)
@@ -328,3 +337,35 @@ def evaluate(
 
     return run(model, iteration=iteration, device=dev, workspace=workspace, out=out, batch_size=batch_size,
                assets=assets, progress=progress, audio=tuple(audio))
+
+
+def export(model: Any, out: PathLike, iteration: Optional[int] = None, workspace: Optional[PathLike] = None,
+           progress: bool = True, crf: Optional[int] = None) -> ExportResult:
+    """Write a trained model into one file that renders anywhere, without its dataset.
+
+    The file (``.gtalk`` by convention) is a safetensors file (no pickle): the model's whole state dict, its
+    config and audio-feature kind, the camera, the tracked poses and blinks, and the torso/background frames
+    as a losslessly compressed video. ``gt.load(out)`` / ``gt.render(out, audio)`` render from it exactly as
+    from the model folder (docs/export.md). Written atomically.
+
+    Args:
+        model: a ``Model``, a ``Talker`` loaded from a folder, a model folder, or a model name inside
+            ``<workspace>/output/``.
+        out: the file to write.
+        iteration: which saved iteration (default the newest).
+        workspace: the workspace, when ``model`` is a name (default ``GaussianTalker``).
+        progress: show a progress bar while the frames are encoded.
+        crf: None (default) stores the torso/background frames losslessly (renders equal the folder's bit for
+            bit); an H.264 quality such as 18 makes the file several times smaller, the composited frames then
+            differ from the folder's where the background shows, by the codec's error.
+
+    Returns:
+        ``ExportResult`` (``.path``, ``.bytes``, ``.iteration``, ``.frames``, ``.codec``, ``.seconds``).
+
+    Raises:
+        FileNotFoundError: no such model, or its dataset folder is gone; ``IterationNotFoundError``.
+    """
+    _check_model(model, workspace)
+    from .export import export as run
+
+    return run(model, out, iteration=iteration, workspace=workspace, progress=progress, crf=crf)

@@ -146,6 +146,12 @@ Writes <workspace>/output/<name>/renders/output.mp4 (and custom/ours_<k>/renders
   gaussiantalker evaluate --model_dir obama --iteration 10000
 
 Writes metrics.json and report.html into <workspace>/output/<name>/.""",
+    "export": """examples:
+  gaussiantalker export --model_dir obama --out obama.gtalk
+  gaussiantalker export --model_dir obama --out obama.gtalk --iteration 10000
+
+One file (safetensors, no pickle) with the weights, config, poses, blinks and the torso/background
+frames (lossless video); gaussiantalker.load("obama.gtalk") renders it on any machine (docs/export.md).""",
     "assets": """examples:
   gaussiantalker assets
   gaussiantalker assets --dir ~/weights --json""",
@@ -188,6 +194,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--au_csv", "--au-csv", metavar="AU.csv", help="OpenFace au.csv for the eye blinks")
     p.add_argument("--name", help="dataset and model name (default: the video's file stem)")
     _add_backends(p)
+    p.add_argument("--fresh", action="store_true",
+                   help="discard the model's checkpoints and snapshots and train from scratch (needed when the "
+                        "model folder was trained on another dataset)")
 
     p = _sub(subs, "infer", "render a trained model saying new audio", common)
     p.add_argument("--model_dir", "--model-dir", required=True, metavar="NAME",
@@ -218,6 +227,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--audio", nargs="+", metavar="AUDIO",
                    help="score renders driven by these audio files (other voices) instead of the held-out frames: "
                         "the mouth against each audio's energy envelope, and closing in its silences")
+
+    p = _sub(subs, "export", "write a trained model into one file that renders without its dataset", common)
+    p.add_argument("--model_dir", "--model-dir", required=True, metavar="NAME", help="model name")
+    p.add_argument("--out", required=True, metavar="FILE", help="the file to write (NAME.gtalk)")
+    p.add_argument("--iteration", type=_positive_int, metavar="K", help="saved iteration (default: the newest)")
+    p.add_argument("--crf", type=int, metavar="Q", help="store the torso/background frames lossy at this H.264 "
+                   "quality (e.g. 18: several times smaller; default lossless, renders identical to the folder's)")
 
     p = _sub(subs, "assets", "list the optional pretrained files: where looked for, found or not, what each enables",
              common)
@@ -299,7 +315,7 @@ def _cmd_train(args) -> int:
 
     model = api.train(args.video_path, config=config, iterations=args.iterations, device=args.gpu,
                       workspace=ws.root, name=name, progress=_progress(args), assets=args.assets,
-                      au_csv=args.au_csv, backends=_backends(args))
+                      au_csv=args.au_csv, backends=_backends(args), restart=args.fresh)
     print(f"model: {model.path} (iteration {model.iteration})")
     return EXIT_OK
 
@@ -374,6 +390,23 @@ def _evaluate_audio(args, ws: Workspace, name: str) -> int:
     return EXIT_OK
 
 
+def _cmd_export(args) -> int:
+    ws = Workspace.at(args.workspace)
+    name = model_name(args.model_dir, ws)
+    if args.dry_run:
+        _print_header(args, ws)
+        model_dir, iteration = _model_for_plan(ws, name, args.iteration)
+        _print_step(1, "export", f"iteration {iteration}", [str(model_dir), "the model's dataset folder"],
+                    [str(Path(args.out).expanduser())])
+        return EXIT_OK
+    from . import api
+
+    result = api.export(name, args.out, iteration=args.iteration, workspace=ws.root, progress=_progress(args),
+                        crf=args.crf)
+    print(f"export: {result.path} ({result.bytes / 1e6:.1f} MB, iteration {result.iteration}, {result.frames} frames)")
+    return EXIT_OK
+
+
 def _cmd_assets(args) -> int:
     from .assets_report import asset_report, format_json, format_table
 
@@ -396,7 +429,7 @@ def _cmd_demo(args) -> int:
 
 COMMANDS: Dict[str, Callable[[argparse.Namespace], int]] = {
     "train": _cmd_train, "infer": _cmd_infer, "preprocess": _cmd_preprocess, "evaluate": _cmd_evaluate,
-    "assets": _cmd_assets, "demo": _cmd_demo,
+    "assets": _cmd_assets, "demo": _cmd_demo, "export": _cmd_export,
 }
 
 
@@ -571,6 +604,8 @@ def _plan_train(args, ws: Workspace, name: Optional[str], config: Optional[Path]
     model_dir = ws.model_dir(name)
     saved = _saved_iterations(model_dir)
     resume = f"resume from iteration {saved[-1]}" if saved else "from scratch"
+    if saved and args.fresh:
+        resume = f"from scratch (--fresh: deletes {model_dir / 'checkpoints'} and {model_dir / 'point_cloud'})"
     steps.append(("train", f"{resume}, to iteration {iterations}", [str(data), str(config)],
                   [str(model_dir / "config.json"), str(model_dir / "checkpoints" / "chkpnt_<k>.pth"),
                    str(model_dir / "point_cloud" / "iteration_<k>" / "point_cloud.ply")], ()))

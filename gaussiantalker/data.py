@@ -653,6 +653,12 @@ class TalkingHeadData:
         """``[F]`` float32: inner-lip gap / face height of each frame's tracked landmarks."""
         return self._lip_track()[1]
 
+    def at_full_size(self) -> TalkingHeadData:
+        """This dataset at its native size (itself when it was opened at that size)."""
+        if (self.width, self.height) == (self.source_width, self.source_height):
+            return self
+        return type(self).open(self.path, cache_mb=self.cache_mb)
+
     def cache_info(self) -> tuple[int, int]:
         """``(frames cached, bytes cached)``."""
         return len(self._cache), self._cache_bytes

@@ -153,12 +153,15 @@ def run_batches(fn: Callable[[int, int], T], total: int, batch_size: int) -> Ite
 
 
 def _resolve_model_dir(model, workspace: Optional[PathLike]) -> Path:
-    """A model folder: an existing folder is that folder; a string with a path separator (or a path
-    object) is a folder; a bare string is a model name inside ``<workspace>/output``."""
+    """A model folder or export file: an existing folder is that folder; a string with a path separator (or
+    a path object) is that path; a bare string is a model name inside ``<workspace>/output`` (or an export
+    file of that name in the current folder when the workspace has no such model)."""
     p = Path(model).expanduser()
     if p.is_dir() or not isinstance(model, str) or "/" in model or "\\" in model:
         return p
-    return Workspace.at(workspace if workspace is not None else DEFAULT_WORKSPACE).model_dir(validate_name(model))
+    named = Workspace.at(workspace if workspace is not None else DEFAULT_WORKSPACE).model_dir(validate_name(model))
+    # A bare name is the workspace's model; a file of that name here is an export only when there is none.
+    return p if p.is_file() and not named.is_dir() else named
 
 
 class _BackgroundCache:
@@ -186,6 +189,20 @@ class _BackgroundCache:
         return img.float().div_(255.0)
 
 
+def pose_track(data) -> Tuple[List[int], Tensor, Tensor]:
+    """The pose sequence a :class:`Talker` follows: every tracked frame of ``data`` (train then val split),
+    ordered by frame id. Returns ``(img_ids [K], c2w [K, 4, 4] float32, eye [K] float32)``."""
+    refs = [(img_id, "train", k) for k, img_id in enumerate(data.train_ids)]
+    refs += [(img_id, "val", k) for k, img_id in enumerate(data.val_ids)]
+    refs.sort()
+    if not refs:
+        raise ValueError(f"dataset {data.path} has no frames")
+    splits = {"train": data.split("train"), "val": data.split("val")}
+    c2w = torch.stack([splits[name].c2w[k] for _, name, k in refs]).float()
+    eye = torch.stack([splits[name].eye[k] for _, name, k in refs]).float()
+    return [r[0] for r in refs], c2w, eye
+
+
 class Talker:
     """A trained model kept in memory for many renders. Build it with :func:`load`.
 
@@ -206,23 +223,14 @@ class Talker:
         # gets have the dataset's own size (width x height): a smaller head render is upsampled and composited
         # over the full-size torso and background.
         self.render_width, self.render_height, self.focal = int(data.width), int(data.height), float(data.focal)
-        self.full = data if (data.width, data.height) == (data.source_width, data.source_height) else \
-            type(data).open(data.path)
+        self.full = data.at_full_size()  # width, height, bg_torso (and, for a dataset, its splits) at the output size
         self.width, self.height = int(self.full.width), int(self.full.height)
         #: "utterance": a driving audio's features are brought to the training clip's speech statistics (per
         #: channel mean / std) before the model reads them; "none": used as they are.
         self.audio_norm = "none"
         self._extractor = _check_feature_kind(self.audio_kind, self.audio_dim, self.model_dir, assets)
-        # The pose sequence: every tracked frame, train then val split, ordered by frame id.
-        refs = [(img_id, "train", k) for k, img_id in enumerate(data.train_ids)]
-        refs += [(img_id, "val", k) for k, img_id in enumerate(data.val_ids)]
-        refs.sort()
-        if not refs:
-            raise ValueError(f"dataset {data.path} has no frames")
-        self.frame_ids = [r[0] for r in refs]  # [K] img_ids
-        splits = {"train": data.split("train"), "val": data.split("val")}
-        self.c2w = torch.stack([splits[name].c2w[k] for _, name, k in refs]).float()  # [K, 4, 4]
-        self.eye = torch.stack([splits[name].eye[k] for _, name, k in refs]).float()  # [K]
+        self.source: Optional[Path] = None  # the export file, for a Talker loaded from one
+        self.frame_ids, self.c2w, self.eye = pose_track(data)
         self._bg = _BackgroundCache(lambda i: self.full.bg_torso(self.frame_ids[i]), cache_mb * 2 ** 20)
 
     @property
@@ -516,6 +524,9 @@ class Talker:
 
         meta = _dataset_meta(self.data.path)
         crop = meta.get("crop")
+        if self.source is not None:
+            raise ValueError(f"paste_back needs the source video and the dataset's crop; {self.source} is an export "
+                             f"without them: render from the model folder")
         if not crop:
             raise ValueError(f"paste_back: dataset {self.data.path} was not cropped (meta.json has no crop)")
         crop = Crop.from_meta(crop)
@@ -531,7 +542,8 @@ def load(model_dir, iteration: Optional[int] = None, device="auto", workspace: O
 
     Args:
         model_dir: the model folder (``<workspace>/output/<name>``), a model name in ``workspace``
-            (default ``./GaussianTalker``), or a :class:`gaussiantalker.train.Model`.
+            (default ``./GaussianTalker``), a :class:`gaussiantalker.train.Model`, or an export file
+            (``NAME.gtalk``, :func:`gaussiantalker.export.export`: needs no dataset).
         iteration: the saved iteration to load (default: the newest).
         device: ``"auto"``, ``"CPU"``, ``"GPU0"``, ``"cuda:1"``, ...
         assets: asset folder for the audio-feature model files (DeepSpeech graph, HuBERT).
@@ -546,6 +558,12 @@ def load(model_dir, iteration: Optional[int] = None, device="auto", workspace: O
 
     dev = resolve_device(device)
     path = _resolve_model_dir(getattr(model_dir, "path", model_dir), workspace)
+    if path.is_file():  # a one-file export (gaussiantalker.export)
+        if iteration is not None:
+            raise ValueError(f"{path} is an export of one iteration: load it without iteration=")
+        from .export import load_export
+
+        return load_export(path, device=dev, assets=assets, cache_mb=cache_mb)
     loaded = load_model(path, iteration=iteration, device=dev)
     _check_feature_kind(loaded.audio_kind, loaded.audio_dim, path, assets)
     ds = Path(loaded.dataset_path)

@@ -218,8 +218,16 @@ _SIZE = re.compile(r"(?<![\w.])(\d{1,5})x(\d{1,5})(?![\w])")
 _FPS = re.compile(r"(?<![\w.])(\d+(?:\.\d+)?)(k?) (fps|tbr)\b")
 
 
-def probe(path: PathLike) -> MediaInfo:
+def probe(path: PathLike, formats: Optional[Sequence[str]] = None) -> MediaInfo:
     """Streams, duration and container of a media file.
+
+    ffmpeg may open only local files while probing (``-protocol_whitelist file``: a playlist inside the file
+    cannot make it fetch a URL).
+
+    Args:
+        formats: when given, the ffmpeg demuxers allowed (``-format_whitelist``, e.g. ``("mov", "wav")``): a
+            file of any other format (an HLS or concat playlist that would read other files) is refused.
+            For untrusted files such as uploads.
 
     Raises:
         FileNotFoundError: ``path`` does not exist (or is a folder).
@@ -232,7 +240,10 @@ def probe(path: PathLike) -> MediaInfo:
         raise FileNotFoundError(f"media file {p} {what}")
     # `ffmpeg -i FILE` with no output prints the summary and exits 1 by design, so the exit status
     # says nothing; whether an "Input #0" header was printed does.
-    proc = run_ffmpeg(["-i", str(p)], path=p, check=False)
+    args = ["-protocol_whitelist", "file"]
+    if formats is not None:
+        args += ["-format_whitelist", ",".join(formats)]
+    proc = run_ffmpeg([*args, "-i", str(p)], path=p, check=False)
     return _parse_probe(p, proc.stderr)
 
 

@@ -24,6 +24,8 @@ if str(REPO) not in sys.path:  # `examples.webapp` is imported from the reposito
 
 from _infer_helpers import model_folder, synthetic  # noqa: E402
 
+#: The test client's address: the app answers only to its own loopback names (a DNS-rebinding defence).
+BASE_URL = "http://127.0.0.1"
 CHROMIUM = Path(os.environ.get("GT_CHROMIUM", "/usr/bin/chromium"))
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync",

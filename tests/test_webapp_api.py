@@ -63,7 +63,7 @@ def no_llm_env():
 @pytest.fixture(scope="module")
 def client(ws):
     app = create_app(Settings(workspace=ws, max_upload_mb=LIMIT_MB, device="cpu"))
-    with TestClient(app) as c:
+    with TestClient(app, base_url=H.BASE_URL) as c:
         yield c
 
 
@@ -180,7 +180,8 @@ def test_bad_names_ids_and_requests_are_one_line_errors(client, media):
     one_line_error(client.post("/api/generate", json={"model": ["tiny"], "audio": audio}), 400)
     one_line_error(client.post("/api/generate", content=b"{not json", headers={"content-type": "application/json"}),
                    400)
-    one_line_error(client.post("/api/generate", content=b"[" * (2 << 20)), 413)
+    one_line_error(client.post("/api/generate", content=b"[" * (2 << 20), headers={"content-type": "application/json"}),
+                   413)
     one_line_error(client.get("/api/jobs/..%2F..%2Fetc"), 404)
     one_line_error(client.get("/api/jobs/0123456789abcdef"), 404)
     one_line_error(client.post("/api/jobs/0123456789abcdef/cancel"), 404)
@@ -395,7 +396,7 @@ def test_chat_turn_asr_llm_tts_video_over_http(ws, media, llm_server):
         pytest.skip("espeak-ng is not installed (apt-get install espeak-ng): no speech to recognise")
     settings = Settings(workspace=ws, device="cpu", chat={"llm": {"base_url": llm_server, "model": "tiny-llm"},
                                                           "tts": {"backend": "test_webapp_api:_tone_tts"}})
-    with TestClient(create_app(settings)) as c:
+    with TestClient(create_app(settings), base_url=H.BASE_URL) as c:
         st = c.get("/api/status").json()["chat"]
         assert st["llm_configured"] and st["modes"] == ["llm", "echo"] and st["llm_model"] == "tiny-llm"
         audio = upload(c, media["speech"], "audio").json()["id"]

@@ -143,3 +143,63 @@ def test_chat_page_echo_loop_plays_the_reply(page, server, artifacts, tmp_path):
     print(f"\nchat page: first reply piece playing {first_play} ms after send; {timings}")
     assert first_play > 0
     page.screenshot(path=str(artifacts / "chat_system.png"), full_page=True)
+
+
+def test_another_sites_page_cannot_start_training(page, server):
+    """A page of another origin (here another port of 127.0.0.1, a different origin for the browser) sends the
+    cross-site requests a malicious site could: a no-cors text/plain POST and a JSON POST. Neither is
+    accepted, and the page's own requests keep working."""
+    import json
+    import threading
+    import urllib.request
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Evil(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - http.server's naming
+            body = b"<!doctype html><title>elsewhere</title><p>another site</p>"
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    evil = ThreadingHTTPServer(("127.0.0.1", 0), Evil)
+    threading.Thread(target=evil.serve_forever, daemon=True).start()
+    try:
+        page.goto(f"http://127.0.0.1:{evil.server_address[1]}/")
+        body = json.dumps({"dataset": "tiny", "name": "csrf", "config": "tiny.json", "iterations": 1})
+        page.evaluate("""async ([url, body]) => {
+            await fetch(url + '/api/train', {method: 'POST', mode: 'no-cors', headers: {'Content-Type': 'text/plain'},
+                                             body}).catch(() => null);
+            await fetch(url + '/api/train', {method: 'POST', headers: {'Content-Type': 'application/json'},
+                                             body}).catch(() => null);
+        }""", [server, body])
+    finally:
+        evil.shutdown()
+        evil.server_close()
+    with urllib.request.urlopen(f"{server}/api/jobs?kind=train") as resp:
+        jobs = json.loads(resp.read())["jobs"]
+    assert [j for j in jobs if j["params"].get("name") == "csrf"] == []
+
+
+def test_pages_work_with_a_token(browser, ws, tmp_path):
+    app = create_app(Settings(workspace=ws, device="cpu", token="browser-secret"))
+    with H.serve(app) as url:
+        page = browser.new_page()
+        try:
+            assert page.goto(f"{url}/video_generation.html").status == 401
+            page.goto(f"{url}/video_generation.html?token=browser-secret")
+            assert page.url == f"{url}/video_generation.html"  # the token left the address bar
+            page.wait_for_function("() => [...document.querySelector('#model').options].some(o => o.value === 'tiny')",
+                                   timeout=TIMEOUT_MS)
+            page.select_option("#model", "tiny")
+            page.fill("#batch-size", "8")
+            page.set_input_files("#audio-file", str(H.tone_wav(tmp_path / "speech.wav", 0.8)))
+            page.click("#generate")
+            _media_ready(page, "#result")  # the <video> loads with the cookie too
+            assert page.text_content("#error") == ""
+        finally:
+            page.close()

@@ -19,6 +19,11 @@ with a 4xx/5xx status; the server never stops on bad input):
 ===========================  ==================================================================
 
 Rendered videos are served from ``<workspace>/webapp/static/videos`` at ``/static/videos/``.
+
+Every request passes :class:`~.backend.security.RequestGuard` (Host and Origin checks, JSON content types,
+the optional ``GT_WEBAPP_TOKEN``); uploads and videos are deleted by age and quota
+(:class:`~.backend.retention.Retention`); training jobs that were queued or running when the server stopped
+are queued again when it starts.
 """
 
 from __future__ import annotations
@@ -43,6 +48,8 @@ from gaussiantalker.workspace import InvalidNameError, Workspace
 from .backend.chat_engine import ChatEngine, ChatRequest, StageError
 from .backend.jobs import Job, JobManager, JobNotFoundError, one_line
 from .backend.model_trainer import ModelTrainer, TrainRequest
+from .backend.retention import Retention, ids_in
+from .backend.security import RequestGuard
 from .backend.settings import Settings, load_chat_config
 from .backend.uploads import KINDS, UploadError, UploadStore
 from .backend.video_generator import GenerateRequest, ModelNotFound, TalkerCache, VideoGenerator, list_models
@@ -61,6 +68,7 @@ def _error(status: int, message: str) -> JSONResponse:
 def _job_json(job: Job, created: Optional[bool] = None) -> Dict[str, Any]:
     d = job.to_dict()
     d.pop("key", None)
+    d.pop("resume", None)  # server paths
     if created is not None:
         d["deduplicated"] = not created
     return d
@@ -107,10 +115,17 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
     jobs = JobManager(s.jobs_dir)
     uploads = UploadStore(s.uploads_dir, s.max_upload_bytes)
     cache = TalkerCache(ws, device=_device(s.device), size=s.max_talkers)
-    trainer = ModelTrainer(s.workspace, uploads, jobs, s.configs_dir)
+    trainer = ModelTrainer(s.workspace, uploads, jobs, s.configs_dir, s.locks_dir)
     generator = VideoGenerator(cache, uploads, jobs, s.videos_dir)
     chat_cfg = load_chat_config(s.chat_config, s.chat)
     chat = ChatEngine(chat_cfg, cache, uploads, jobs, s.videos_dir, s.first_segment_frames, s.segment_frames)
+    retention = Retention(s.uploads_dir, s.videos_dir, s.retention_days, s.storage_quota_mb, s.stale_part_hours,
+                          in_use=lambda: ids_in(jobs.active_records()))
+    uploads.on_stored = lambda up: retention.sweep(protect={up.id})
+    jobs.on_finished = lambda job: retention.sweep(protect={job.id})
+    for job in jobs.restore("train", trainer.restore):
+        log.info("training job %s (%s) queued again after the restart", job.id, job.params.get("name"))
+    retention.sweep()  # after restore: what the restored jobs use is protected
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -119,7 +134,9 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
         jobs.shutdown()
 
     app = FastAPI(title="gaussiantalker web app", lifespan=lifespan)
+    app.add_middleware(RequestGuard, allowed_hosts=s.allowed_hosts, token=s.token)
     app.state.settings, app.state.jobs, app.state.cache, app.state.chat = s, jobs, cache, chat
+    app.state.retention = retention
     _errors(app)
     app.mount("/static/videos", StaticFiles(directory=s.videos_dir), name="videos")
     app.mount("/static", StaticFiles(directory=STATIC), name="static")

@@ -61,7 +61,7 @@ def main() -> int:
         subprocess.run(["espeak-ng", "-v", "en-us", "-w", str(speech), args.text], check=True, capture_output=True)
         app = create_app(Settings(workspace=ws, device=args.device))
         results = []
-        with TestClient(app) as c:
+        with TestClient(app, base_url="http://127.0.0.1") as c:  # the app answers only to its own names
             time.sleep(2.0)  # let the ASR pre-load finish, as on a server that has been up a while
             audio = c.post("/api/uploads", params={"kind": "audio", "filename": "speech.wav"},
                            content=speech.read_bytes()).json()["id"]

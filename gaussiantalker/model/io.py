@@ -4,6 +4,7 @@
 <model_dir>/
 ├── config.json                                 the resolved TrainConfig
 ├── model.json                                  audio kind/dim, image size, focal, dataset path
+├── dataset.json                                the dataset's path and fingerprint (gaussiantalker.train.fingerprint)
 ├── point_cloud/iteration_<k>/point_cloud.ply   3DGS vertex layout (x y z nx ny nz f_dc_* f_rest_* opacity
 │                                               scale_* rot_*), float32, binary little-endian
 ├── point_cloud/iteration_<k>/deformation.pth   state dict of everything else (networks, tri-plane, buffers)
@@ -11,8 +12,9 @@
 ```
 
 ``k`` counts fine-stage iterations (``--iteration 10000`` after ``--iterations 10000``, as in the original);
-checkpoints count global iterations over both stages. Everything needed to render is in the folder; the
-optimizer is not needed. ``.pth`` files load with ``torch.load(weights_only=True)``.
+checkpoints count global iterations over both stages. Rendering needs the folder and the dataset it names
+(poses, blinks, torso/background frames); :mod:`gaussiantalker.export` packs both into one file. The optimizer
+is not needed. ``.pth`` files load with ``torch.load(weights_only=True)``.
 """
 
 from __future__ import annotations

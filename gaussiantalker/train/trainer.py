@@ -549,7 +549,7 @@ class _IsolatedRng:
 
 def train(dataset_or_path: Any, config: Any = None, iterations: int | None = None, device: Any = "auto",
           workspace: PathLike | None = None, name: str | None = None, progress: bool = True,
-          assets: PathLike | None = None, callback: ProgressCallback | None = None) -> Model:
+          assets: PathLike | None = None, callback: ProgressCallback | None = None, restart: bool = False) -> Model:
     """Train a GaussianTalker model on a preprocessed dataset; resume when the model folder has checkpoints.
 
     Args:
@@ -566,20 +566,31 @@ def train(dataset_or_path: Any, config: Any = None, iterations: int | None = Non
         assets: folder of optional pretrained files (VGG16 for the perceptual loss, LPIPS).
         callback: called with a :class:`~gaussiantalker.progress.Progress` every 10 iterations and before the
             final evaluation; an exception it raises stops training (resume with a new call).
+        restart: discard the model folder's checkpoints and snapshots and start afresh. Without it, resuming
+            checks that the checkpoints were trained on this dataset (``dataset.json``, see
+            :mod:`gaussiantalker.train.fingerprint`).
     Returns:
         :class:`Model` with the validation ``metrics`` (PSNR, SSIM[, LPIPS]).
     Raises:
         FileNotFoundError: missing dataset or config. ValueError: bad name, device or config.
         TrainingError: a non-finite loss (named with its iteration).
+        DatasetMismatchError: (a ValueError) the model folder's checkpoints come from another dataset.
     """
     from ..data import TalkingHeadData
+    from .fingerprint import check_dataset, discard_training, record_dataset
 
     dev = resolve_device(device)
     data_path = _dataset_path(dataset_or_path)
     ws = _workspace_for(data_path, workspace)
     model_name = validate_name(name) if name is not None else validate_name(data_path.name)
     model_dir = ws.model_dir(model_name)
+    if restart and model_dir.is_dir():
+        removed = discard_training(model_dir)
+        if removed:
+            log.warning("restart: discarded %s of %s", ", ".join(removed), model_dir)
     resuming = bool(list_checkpoints(model_dir))
+    if resuming:
+        check_dataset(model_dir, data_path)  # a different video under the same name must not resume
     cfg = _resolve_config(config, model_dir, resuming)
     if iterations is not None:
         if int(iterations) < 0:
@@ -589,6 +600,8 @@ def train(dataset_or_path: Any, config: Any = None, iterations: int | None = Non
     data = TalkingHeadData.open(data_path, resolution=None if m.resolution == -1 else m.resolution,
                                 cache_mb=m.cache_mb)
     model_dir.mkdir(parents=True, exist_ok=True)
+    if not resuming:
+        record_dataset(model_dir, data_path)
     with _IsolatedRng(dev):
         trainer = Trainer(data, cfg, model_dir, dev, progress=progress, assets=assets, callback=callback)
         return trainer.run()

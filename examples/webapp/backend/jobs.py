@@ -4,8 +4,9 @@ A *lane* is a queue with one worker thread, e.g. ``"train:cpu"``: jobs of one la
 submission order, so one training job per device runs while the others wait ``queued``. Every job record
 (id, kind, state, progress, log tail, result, error) is written atomically to
 ``<workspace>/webapp/jobs/<id>.json`` on each state change (progress at most twice a second), so a page
-reload shows it and a restarted server lists it (jobs that were queued or running are marked
-``interrupted``: their thread is gone).
+reload shows it and a restarted server lists it. Jobs that were queued or running when the server stopped
+are marked ``interrupted`` (their thread is gone), except those of a kind registered with
+:meth:`JobManager.restore` (training): those are queued again, in their old order, under the same id.
 
 A job's ``run(ctx)`` reports through its :class:`JobContext`; ``ctx.check_cancelled()`` raises
 :class:`JobCancelled` once the user pressed cancel (the training callback calls it, so a running training
@@ -60,6 +61,7 @@ class Job:
     result: Dict[str, Any] = field(default_factory=dict)
     error: Optional[str] = None
     cancel_requested: bool = False
+    resume: Optional[Dict[str, Any]] = None  # what restore() needs to run it again (server-side only)
 
     def to_dict(self) -> Dict[str, Any]:
         return asdict(self)
@@ -134,6 +136,9 @@ class JobManager:
         self._workers: Dict[str, threading.Thread] = {}
         self._saved: Dict[str, float] = {}
         self._closed = False
+        self._was_active: Dict[str, str] = {}  # job id -> its state when the last server stopped
+        #: Called with a snapshot of each job once it has finished (e.g. the retention sweep); errors are logged.
+        self.on_finished: Optional[Callable[[Job], None]] = None
         self._load()
         self._handler = _ThreadLogs(self)
         self._loggers = [(logging.getLogger(name), logging.getLogger(name).level) for name in loggers]
@@ -151,10 +156,43 @@ class JobManager:
                 log.warning("skipping unreadable job record %s: %s", path, exc)
                 continue
             if job.state in ACTIVE:
+                self._was_active[job.id] = job.state
                 job.error = f"the server stopped while this job was {job.state}; submit it again"
                 job.state, job.finished = "interrupted", time.time()
                 self._write(job)
             self._jobs[job.id] = job
+
+    def restore(self, kind: str, factory: Callable[[Job], Callable[[JobContext], Dict[str, Any]]]) -> List[Job]:
+        """Queue again the jobs of ``kind`` that were queued or running when the last server stopped.
+
+        ``factory(job)`` rebuilds the job's ``run`` from its record; when it raises, the job stays
+        ``interrupted`` with the reason. Returns the jobs queued again (oldest first).
+        """
+        restored = []
+        with self._lock:
+            ids = sorted((i for i in self._was_active if self._jobs[i].kind == kind),
+                         key=lambda i: self._jobs[i].created)
+            for job_id in ids:
+                job, was = self._jobs[job_id], self._was_active.pop(job_id)
+                try:
+                    run = factory(job)
+                except Exception as exc:  # noqa: BLE001 - the record says why it could not resume
+                    job.error = f"the server stopped while this job was {was}; it cannot resume: {one_line(exc)}"
+                    self._write(job)
+                    continue
+                job.state, job.error, job.finished, job.cancel_requested = "queued", None, None, False
+                job.log.append(f"{time.strftime('%H:%M:%S')} the server restarted while this job was {was}: "
+                               "queued again (training resumes from its newest checkpoint)")
+                self._runs[job.id] = run
+                self._write(job)
+                self._lane(job.lane).put(job.id)
+                restored.append(self.get(job.id))
+        return restored
+
+    def active_records(self) -> List[str]:
+        """The JSON of every queued or running job (what they refer to must not be deleted)."""
+        with self._lock:
+            return [json.dumps(j.to_dict(), default=str) for j in self._jobs.values() if j.state in ACTIVE]
 
     def _write(self, job: Job) -> None:
         text = json.dumps(job.to_dict(), indent=1, default=str)
@@ -191,9 +229,10 @@ class JobManager:
 
     # ------------------------------------------------------------------------------------ running
     def submit(self, kind: str, lane: str, params: Dict[str, Any], run: Callable[[JobContext], Dict[str, Any]],
-               key: Optional[str] = None) -> Tuple[Job, bool]:
+               key: Optional[str] = None, resume: Optional[Dict[str, Any]] = None) -> Tuple[Job, bool]:
         """Queue ``run`` on ``lane``. Returns ``(job, created)``; when an active job has the same ``key``
-        that job is returned with ``created=False`` and nothing new is queued."""
+        that job is returned with ``created=False`` and nothing new is queued. ``resume`` is kept in the record
+        for :meth:`restore` (not shown to clients)."""
         with self._lock:
             if self._closed:
                 raise RuntimeError("the job manager is shut down")
@@ -202,7 +241,7 @@ class JobManager:
                     if job.key == key and job.state in ACTIVE:
                         return self.get(job.id), False
             job = Job(id=uuid.uuid4().hex[:16], kind=kind, lane=lane, params=dict(params), key=key,
-                      created=time.time())
+                      created=time.time(), resume=resume)
             self._jobs[job.id] = job
             self._runs[job.id] = run
             self._write(job)
@@ -250,6 +289,11 @@ class JobManager:
                 job.result = {**job.result, **result}
             job.state, job.error, job.finished = state, error, time.time()
             self._write(job)
+        if self.on_finished is not None:
+            try:
+                self.on_finished(self.get(job_id))
+            except Exception:  # noqa: BLE001 - a hook must not kill the worker
+                log.exception("after job %s", job_id)
 
     def cancel(self, job_id: str) -> Job:
         """Cancel a queued job now, or ask a running one to stop at its next progress report."""

@@ -4,10 +4,17 @@ The job's progress is the library's :class:`gaussiantalker.progress.Progress` (t
 line's progress bar shows: stage, step, iteration, loss, PSNR, points, ETA); the job's log tail gets the
 ``gaussiantalker`` log records of its thread and a line per stage change. Cancelling raises from the
 progress callback: the trainer checkpoints first, so a new job for the same model resumes from there.
+
+A job record keeps what is needed to run it again (the source, name, device, iterations, config), so a
+restarted server queues the training jobs it was running or had queued again (:meth:`ModelTrainer.restore`),
+and they resume from their checkpoints. One model is trained by one job at a time, also across processes:
+a job holds an exclusive lock on ``<workspace>/webapp/locks/train-<name>.lock`` (``flock``) while it trains,
+and a job that finds it taken waits (``stage: waiting``), cancellable.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from dataclasses import dataclass
@@ -40,9 +47,11 @@ class TrainRequest:
 class ModelTrainer:
     """Validates training requests and runs them as jobs."""
 
-    def __init__(self, workspace: Path, uploads: UploadStore, jobs: JobManager, configs_dir: Path) -> None:
+    def __init__(self, workspace: Path, uploads: UploadStore, jobs: JobManager, configs_dir: Path,
+                 locks_dir: Optional[Path] = None) -> None:
         self.ws = Workspace.at(workspace)
         self.uploads, self.jobs, self.configs_dir = uploads, jobs, Path(configs_dir)
+        self.locks_dir = Path(locks_dir) if locks_dir is not None else self.ws.root / "webapp" / "locks"
 
     # ------------------------------------------------------------------------------------ listing
     def configs(self) -> List[str]:
@@ -101,11 +110,36 @@ class ModelTrainer:
         config = self._config(req.config)
         params = {"source": label, "name": name, "device": device, "iterations": req.iterations,
                   "config": req.config or "64_dim_1_transformer", "au_csv": bool(au_csv), "backends": backends}
-        run = _TrainRun(str(source), name, device, req.iterations, config, au_csv, self.ws.root, backends)
-        job, created = self.jobs.submit("train", f"train:{device}", params, run, key=f"train:{name}")
+        resume = {"source": str(source), "name": name, "device": device, "iterations": req.iterations,
+                  "config": config, "au_csv": str(au_csv) if au_csv else None, "backends": backends}
+        run = self._run(resume)
+        job, created = self.jobs.submit("train", f"train:{device}", params, run, key=f"train:{name}", resume=resume)
         if not created and job.params.get("source") != label:
             raise ValueError(f"model {name!r} is already being trained by job {job.id} from {job.params['source']}")
         return job, created
+
+    def _run(self, spec: Dict[str, Any]) -> "_TrainRun":
+        return _TrainRun(spec["source"], spec["name"], spec["device"], spec.get("iterations"), spec.get("config"),
+                         spec.get("au_csv"), self.ws.root, self.locks_dir, spec.get("backends"))
+
+    def restore(self, job: Job) -> "_TrainRun":
+        """The run of a training job recorded by an earlier server (for :meth:`JobManager.restore`).
+
+        Raises:
+            ValueError: the record has no resume information (written by an older version).
+            FileNotFoundError: its video, dataset, config or AU csv is gone.
+        """
+        spec = job.resume
+        if not isinstance(spec, dict) or not spec.get("source") or not spec.get("name"):
+            raise ValueError("the job record has no resume information")
+        validate_name(spec["name"])
+        for key in ("source", "config", "au_csv"):
+            value = spec.get(key)
+            if key == "config" and value and "/" not in value and "\\" not in value:
+                continue  # a preset name
+            if value and not Path(value).exists():
+                raise FileNotFoundError(f"its {key} {value} is gone")
+        return self._run(spec)
 
     def jobs_for(self, name: str, active: bool = False) -> List[Job]:
         return [j for j in self.jobs.list("train") if j.params.get("name") == name
@@ -130,11 +164,17 @@ class _TrainRun:
     """The body of one training job (a callable object so the job records its arguments clearly)."""
 
     def __init__(self, source: str, name: str, device: str, iterations: Optional[int], config: Optional[str],
-                 au_csv: Optional[str], workspace: Path, backends: Optional[Dict[str, str]] = None) -> None:
+                 au_csv: Optional[str], workspace: Path, locks_dir: Path,
+                 backends: Optional[Dict[str, str]] = None) -> None:
         self.source, self.name, self.device, self.iterations = source, name, device, iterations
-        self.config, self.au_csv, self.workspace, self.backends = config, au_csv, workspace, backends
+        self.config, self.au_csv, self.workspace, self.locks_dir = config, au_csv, workspace, Path(locks_dir)
+        self.backends = backends
 
     def __call__(self, ctx: JobContext) -> Dict[str, Any]:
+        with model_lock(self.locks_dir, self.name, ctx):
+            return self._train(ctx)
+
+    def _train(self, ctx: JobContext) -> Dict[str, Any]:
         import gaussiantalker
 
         last = {"stage": None, "logged": 0.0}
@@ -174,6 +214,40 @@ def _backends(req: TrainRequest) -> Optional[Dict[str, str]]:
     return chosen or None
 
 
+@contextlib.contextmanager
+def model_lock(locks_dir: Path, name: str, ctx: Optional[JobContext] = None, poll: float = 0.5):
+    """Hold the exclusive lock of model ``name`` (``<locks_dir>/train-<name>.lock``, ``flock``; released when
+    the process dies). Waits while another job, in this process or another, holds it; ``ctx`` gets a
+    ``waiting`` progress line and can cancel the wait."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX (Windows): one process per workspace is the user's job there
+        log.warning("no fcntl on this platform: training jobs of other processes are not excluded")
+        yield None
+        return
+
+    locks_dir.mkdir(parents=True, exist_ok=True)
+    path = locks_dir / f"train-{validate_name(name)}.lock"
+    with open(path, "a+") as fh:
+        told = False
+        while True:
+            try:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if ctx is not None:
+                    ctx.check_cancelled()
+                    if not told:
+                        told = True
+                        ctx.progress(stage="waiting", message=f"model {name} is being trained by another job")
+                        ctx.log(f"waiting: model {name} is being trained by another job or process ({path})")
+                time.sleep(poll)
+        try:
+            yield path
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
 def _progress_line(p: Dict[str, Any]) -> str:
     parts = [p.get("stage") or ""]
     if p.get("step"):
@@ -189,4 +263,4 @@ def _progress_line(p: Dict[str, Any]) -> str:
     return " ".join(str(x) for x in parts if x)
 
 
-__all__ = ["ModelTrainer", "TrainRequest", "UploadError"]
+__all__ = ["ModelTrainer", "TrainRequest", "UploadError", "model_lock"]

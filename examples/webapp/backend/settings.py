@@ -6,10 +6,12 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Optional, Union
+from typing import Any, Dict, Optional, Tuple, Union
 
 PathLike = Union[str, os.PathLike]
 
+TOKEN_ENV = "GT_WEBAPP_TOKEN"
+HOSTS_ENV = "GT_WEBAPP_ALLOWED_HOSTS"
 LLM_ENV = {"base_url": "GT_LLM_BASE_URL", "model": "GT_LLM_MODEL", "api_key": "GT_LLM_API_KEY"}
 
 
@@ -37,9 +39,26 @@ class Settings:
     """Frames in each later streamed reply segment (2 s at 25 fps)."""
     max_talkers: int = 2
     """Loaded models kept in memory (least recently used dropped first)."""
+    allowed_hosts: Tuple[str, ...] = ()
+    """Host names the server answers to besides 127.0.0.1 / localhost / ::1 (plus ``GT_WEBAPP_ALLOWED_HOSTS``,
+    comma-separated); any other ``Host`` header (a rebound DNS name) is refused."""
+    token: Optional[str] = None
+    """A secret every request must carry (default ``GT_WEBAPP_TOKEN``); None: no token (loopback only)."""
+    retention_days: float = 7.0
+    """Uploads and rendered videos older than this are deleted (0: no age limit)."""
+    storage_quota_mb: float = 10240.0
+    """Uploads plus rendered videos are kept under this many MiB, the oldest deleted first (0: no quota)."""
+    stale_part_hours: float = 1.0
+    """Unfinished uploads (``.part`` files) untouched for this long are deleted."""
 
     def __post_init__(self) -> None:
         self.workspace = Path(self.workspace).expanduser().resolve()
+        env_hosts = [h.strip() for h in os.environ.get(HOSTS_ENV, "").split(",") if h.strip()]
+        self.allowed_hosts = tuple(dict.fromkeys([*self.allowed_hosts, *env_hosts]))
+        if self.token is None:
+            self.token = os.environ.get(TOKEN_ENV) or None
+        if min(self.retention_days, self.storage_quota_mb, self.stale_part_hours) < 0:
+            raise ValueError("retention_days, storage_quota_mb and stale_part_hours must not be negative")
         if self.max_upload_mb <= 0:
             raise ValueError(f"max_upload_mb must be positive, got {self.max_upload_mb}")
         if self.first_segment_frames <= 0 or self.segment_frames <= 0:
@@ -68,12 +87,17 @@ class Settings:
         return self.app_dir / "static" / "videos"
 
     @property
+    def locks_dir(self) -> Path:
+        """Lock files that keep two processes from training one model at once."""
+        return self.app_dir / "locks"
+
+    @property
     def configs_dir(self) -> Path:
         """Extra training configs (``*.py`` / ``*.json``) offered on the training page besides the presets."""
         return self.app_dir / "configs"
 
     def make_dirs(self) -> None:
-        for d in (self.uploads_dir, self.jobs_dir, self.videos_dir, self.configs_dir):
+        for d in (self.uploads_dir, self.jobs_dir, self.videos_dir, self.configs_dir, self.locks_dir):
             d.mkdir(parents=True, exist_ok=True)
 
 
@@ -126,4 +150,4 @@ def _merge(cfg: Dict[str, Dict[str, Any]], data: Any, origin: str) -> None:
         cfg[stage].update(table)
 
 
-__all__ = ["LLM_ENV", "Settings", "load_chat_config"]
+__all__ = ["HOSTS_ENV", "LLM_ENV", "TOKEN_ENV", "Settings", "load_chat_config"]

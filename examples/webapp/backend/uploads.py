@@ -4,7 +4,9 @@ An upload is the raw request body (``POST /api/uploads?kind=video&filename=talk.
 bytes; the pages send the ``File`` object as the body). The limit is enforced twice: a ``Content-Length``
 over it is refused before a byte is read, and the bytes are counted as they arrive (a body without a
 length, or a lying one, is cut off at the limit). The stored file is then probed with ffmpeg
-(:func:`gaussiantalker.media.probe`) — the file name's extension is never trusted — and kept as
+(:func:`gaussiantalker.media.probe`) restricted to local files and to the container formats of
+:data:`UPLOAD_FORMATS` (so a playlist cannot make the server fetch URLs or read other files) — the file
+name's extension is never trusted — and kept as
 ``<workspace>/webapp/uploads/<id><ext>`` with a ``<id>.json`` record (kind, original name for display,
 size, sha256, duration, streams).
 
@@ -34,6 +36,10 @@ _ID = re.compile(r"^[0-9a-f]{32}$")
 # ffmpeg demuxer names -> the extension the stored copy gets (for people browsing the folder)
 _EXT = {"wav": ".wav", "mp3": ".mp3", "flac": ".flac", "ogg": ".ogg", "matroska,webm": ".webm", "aac": ".aac",
         "mov,mp4,m4a,3gp,3g2,mj2": ".mp4", "avi": ".avi"}
+
+
+#: ffmpeg demuxers an upload may be (``-format_whitelist``): plain media containers, no playlists.
+UPLOAD_FORMATS = ("mov", "matroska", "webm", "wav", "mp3", "flac", "ogg", "aac", "avi")
 
 
 class UploadError(ValueError):
@@ -82,6 +88,8 @@ class UploadStore:
         self.dir = Path(folder)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.max_bytes = int(max_bytes)
+        #: Called after each stored upload (the app's retention sweep); errors are logged.
+        self.on_stored = None
 
     def _limit_text(self) -> str:
         return f"{self.max_bytes / 2 ** 20:g} MiB"
@@ -141,6 +149,11 @@ class UploadStore:
         text = json.dumps(asdict(up), indent=1)
         atomic_write(self.dir / f"{upload_id}.json", lambda p: p.write_text(text, encoding="utf-8"))
         log.info("stored upload %s (%s, %s, %d bytes)", upload_id, kind, name, up.size)
+        if self.on_stored is not None:
+            try:
+                self.on_stored(up)
+            except Exception:  # noqa: BLE001 - cleaning up must not fail the upload
+                log.exception("after storing upload %s", upload_id)
         return up
 
     def _check(self, kind: str, name: str, tmp: Path) -> dict:
@@ -150,7 +163,7 @@ class UploadStore:
         from gaussiantalker.media import MediaError, probe
 
         try:
-            info = probe(tmp)
+            info = probe(tmp, formats=UPLOAD_FORMATS)
         except MediaError as exc:
             log.info("probe of upload %s failed: %s", name, exc)
             raise UploadError(f"{name} is not an audio or video file that ffmpeg can read") from None
@@ -218,4 +231,4 @@ def _check_au_csv(name: str, path: Path) -> None:
         raise UploadError(f"{name} has a header but no rows")
 
 
-__all__ = ["KINDS", "Upload", "UploadError", "UploadStore", "display_name"]
+__all__ = ["KINDS", "UPLOAD_FORMATS", "Upload", "UploadError", "UploadStore", "display_name"]
