@@ -394,10 +394,12 @@ def _cmd_export(args) -> int:
     ws = Workspace.at(args.workspace)
     name = model_name(args.model_dir, ws)
     if args.dry_run:
+        missing: List[str] = []
+        model_dir, iteration = _model_for_plan(ws, name, args.iteration, missing)
         _print_header(args, ws)
-        model_dir, iteration = _model_for_plan(ws, name, args.iteration)
         _print_step(1, "export", f"iteration {iteration}", [str(model_dir), "the model's dataset folder"],
                     [str(Path(args.out).expanduser())])
+        _print_missing(missing)
         return EXIT_OK
     from . import api
 
