@@ -21,6 +21,7 @@ struct RasterInputs {
   int sh_degree = 0, sh_coeffs = 0;  // active degree and K (coefficients per Gaussian in `shs`)
   float scale_modifier = 1.f;
   bool prefiltered = false;
+  bool debug = false;                // CUDA: synchronise after every stage and name the one that failed
   const float* means3d = nullptr;    // [B, N, 3]
   const float* shs = nullptr;        // [B, N, K, 3] or null
   const float* colors = nullptr;     // [B, N, 3] or null (then shs is used)
@@ -82,16 +83,42 @@ GT_HD float cam_fy(const float* cam, int H) { return H / (2.f * cam[kCamTanY]); 
 
 // ---------------------------------------------------------------------------------------------------
 // 1. Preprocess one instance.
-GT_HD void preprocess_instance(const RasterInputs& in, const GeomState& st, int g) {
-  const int b = g / in.N;
-  const float* cam = in.cams + b * kCamStride;
+//
+// The one culling rule of both backends (and of the Python reference): an instance is not rendered
+// (radius 0, no tile entries, zero gradient) when it is behind the near plane (unless `prefiltered`), when
+// any of its inputs is not finite (mean, scale, rotation or cov3D, opacity, the colour or the SH
+// coefficients of the active degree), when its 2D covariance is not positive definite or its mean / conic
+// is not finite, when its radius is not > 0, or when its tile rectangle is empty. Culling non-finite input
+// explicitly matters on the GPU: `(int)NaN` is 0 there while the tile count of a NaN rectangle is not, which
+// used to leave unwritten sort keys behind. A zero quaternion is *not* culled: it reads as the identity
+// rotation (the quaternion is used as given, like upstream).
+GT_HD bool inputs_finite(const RasterInputs& in, int64_t g) {
+  bool ok = all_finite(in.means3d + 3 * g, 3) && finitef(in.opacities[g]);
+  if (in.cov3d) {
+    ok = ok && all_finite(in.cov3d + 6 * g, 6);
+  } else {
+    ok = ok && all_finite(in.scales + 3 * g, 3) && all_finite(in.rotations + 4 * g, 4);
+  }
+  if (in.colors) {
+    ok = ok && all_finite(in.colors + 3 * g, 3);
+  } else {
+    ok = ok && all_finite(in.shs + g * in.sh_coeffs * 3, (in.sh_degree + 1) * (in.sh_degree + 1) * 3);
+  }
+  return ok;
+}
+
+GT_HD void preprocess_instance(const RasterInputs& in, const GeomState& st, int64_t g) {
+  const int b = (int)(g / in.N);
+  const float* cam = in.cams + (int64_t)b * kCamStride;
   const float* view = cam + kCamView;
   const float* proj = cam + kCamProj;
   st.radii[g] = 0;
   st.tiles_touched[g] = 0;
+  if (!inputs_finite(in, g)) return;
 
   const Vec3 p = load3(in.means3d + 3 * g);
   const Vec3 t = transform_point_4x3(view, p);
+  if (!(finitef(t.x) && finitef(t.y) && finitef(t.z))) return;
   if (!in.prefiltered && t.z <= kNearCull) return;
 
   Sym3 S;
@@ -106,21 +133,25 @@ GT_HD void preprocess_instance(const RasterInputs& in, const GeomState& st, int 
   ewa_T(J, view, T);
   const Cov2d c2 = project_cov(S, T);
   const float det = c2.a * c2.c - c2.b * c2.b;
-  if (det == 0.f) return;
+  if (!(det > 0.f && c2.a > 0.f)) return;  // not positive definite (or NaN)
   const Conic con = invert_cov2d(c2, det);
   const Projected pm = project_mean(proj, p, in.W, in.H);
   const float radius = splat_radius(c2, det);
+  if (!(radius > 0.f) || !(finitef(con.A) && finitef(con.B) && finitef(con.C)) ||
+      !(finitef(pm.pix.x) && finitef(pm.pix.y)))
+    return;
   int rmin[2], rmax[2];
   tile_rect(pm.pix, (int)radius, in.grid_x(), in.grid_y(), rmin, rmax);
+  // Both extents must be positive: two negative extents would give a positive area.
+  if (rmax[0] <= rmin[0] || rmax[1] <= rmin[1]) return;
   const int area = (rmax[0] - rmin[0]) * (rmax[1] - rmin[1]);
-  if (area <= 0) return;
 
   bool clamped[3] = {false, false, false};
   Vec3 rgb;
   if (in.colors) {
     rgb = load3(in.colors + 3 * g);
   } else {
-    rgb = sh_to_color(in.sh_degree, in.shs + (size_t)g * in.sh_coeffs * 3, p, load3(cam + kCamPos), clamped);
+    rgb = sh_to_color(in.sh_degree, in.shs + g * in.sh_coeffs * 3, p, load3(cam + kCamPos), clamped);
   }
   st.radii[g] = (int)radius;
   st.tiles_touched[g] = area;
@@ -238,10 +269,11 @@ GT_HD bool pixel_back_step(PixelBack* pb, const Splat& s, const float* rgb, floa
 
 // ---------------------------------------------------------------------------------------------------
 // 4b. Preprocess VJP of one instance: from the accumulated per-instance gradients to the inputs.
-GT_HD void preprocess_backward_instance(const RasterInputs& in, const GeomState& st, const RasterGrads& gr, int g) {
-  if (st.radii[g] <= 0) return;  // outputs were zero-initialised
-  const int b = g / in.N;
-  const float* cam = in.cams + b * kCamStride;
+GT_HD void preprocess_backward_instance(const RasterInputs& in, const GeomState& st, const RasterGrads& gr,
+                                        int64_t g) {
+  if (st.radii[g] <= 0) return;  // culled: outputs were zero-initialised
+  const int b = (int)(g / in.N);
+  const float* cam = in.cams + (int64_t)b * kCamStride;
   const float* view = cam + kCamView;
   const float* proj = cam + kCamProj;
   const Vec3 p = load3(in.means3d + 3 * g);
@@ -281,7 +313,7 @@ GT_HD void preprocess_backward_instance(const RasterInputs& in, const GeomState&
     gr.v_colors[3 * g + 2] = v_rgb.z;
   } else {
     const bool clamped[3] = {st.clamped[3 * g] != 0, st.clamped[3 * g + 1] != 0, st.clamped[3 * g + 2] != 0};
-    const size_t off = (size_t)g * in.sh_coeffs * 3;
+    const int64_t off = g * in.sh_coeffs * 3;
     const Vec3 v_dir = vjp_sh_to_color(in.sh_degree, in.shs + off, p, load3(cam + kCamPos), clamped, v_rgb,
                                        gr.v_shs + off);
     v_p.x += v_dir.x;

@@ -19,9 +19,23 @@ constexpr int kThreads = 256;
 
 inline int blocks_for(int64_t n) { return (int)((n + kThreads - 1) / kThreads); }
 
+// Raises naming the stage when its launch failed. With `debug`, also waits for the stage to finish, so that
+// an asynchronous fault (an illegal address...) is reported at the stage that caused it.
+void check_stage(const RasterInputs& in, cudaStream_t stream, const char* stage) {
+  cudaError_t err = cudaGetLastError();
+  if (err == cudaSuccess && in.debug) err = cudaStreamSynchronize(stream);
+  TORCH_CHECK(err == cudaSuccess, "diff_gaussian_rasterization: CUDA error in stage '", stage, "': ",
+              cudaGetErrorString(err),
+              in.debug ? "" : " (errors are asynchronous: rerun with debug=True to find the stage that caused it)");
+}
+void check_cub(cudaError_t err, const char* stage) {
+  TORCH_CHECK(err == cudaSuccess, "diff_gaussian_rasterization: cub failed in stage '", stage, "': ",
+              cudaGetErrorString(err));
+}
+
 __global__ void preprocess_kernel(RasterInputs in, GeomState st) {
   const int64_t g = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
-  if (g < (int64_t)in.B * in.N) preprocess_instance(in, st, (int)g);
+  if (g < (int64_t)in.B * in.N) preprocess_instance(in, st, g);
 }
 
 // Float -> unsigned key with the same order (negative depths only occur with `prefiltered`).
@@ -156,7 +170,7 @@ __global__ void __launch_bounds__(kTileSize) render_backward_kernel(RasterInputs
 
 __global__ void preprocess_backward_kernel(RasterInputs in, GeomState st, RasterGrads gr) {
   const int64_t g = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
-  if (g < (int64_t)in.B * in.N) preprocess_backward_instance(in, st, gr, (int)g);
+  if (g < (int64_t)in.B * in.N) preprocess_backward_instance(in, st, gr, g);
 }
 
 int bits_needed(uint64_t v) {
@@ -177,13 +191,16 @@ at::Tensor rasterize_fwd_cuda(const RasterInputs& in, const GeomState& st, const
   const int64_t total = (int64_t)in.B * in.N;
   if (total > 0) {
     preprocess_kernel<<<blocks_for(total), kThreads, 0, stream>>>(in, st);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    check_stage(in, stream, "preprocess");
   }
 
   // Offsets of each instance's tile entries: inclusive scan of tiles_touched (64-bit).
   at::Tensor touched = at::from_blob(st.tiles_touched, {total}, opts.dtype(at::kInt)).to(at::kLong);
   at::Tensor offsets = total > 0 ? at::cumsum(touched, 0) : touched;
   const int64_t P = total > 0 ? offsets[total - 1].item<int64_t>() : 0;
+  // point_list entries and tile ranges are int32.
+  TORCH_CHECK_VALUE(P <= INT32_MAX, "the rasterizer's tile lists would have ", P,
+                    " entries, more than the 2^31 - 1 it can index; render fewer Gaussians or cameras per call");
   at::Tensor point_list = at::empty({P}, opts.dtype(at::kInt));
   if (P > 0) {
     at::Tensor keys = at::empty({P}, opts.dtype(at::kLong));
@@ -193,22 +210,25 @@ at::Tensor rasterize_fwd_cuda(const RasterInputs& in, const GeomState& st, const
     auto* k_out = reinterpret_cast<uint64_t*>(keys_sorted.data_ptr<int64_t>());
     duplicate_kernel<<<blocks_for(total), kThreads, 0, stream>>>(in, st, offsets.data_ptr<int64_t>(), k_in,
                                                                   values.data_ptr<int>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    check_stage(in, stream, "duplicate (tile keys)");
     const int end_bit = 32 + bits_needed((uint64_t)in.B * in.tiles());
     size_t temp_bytes = 0;
-    cub::DeviceRadixSort::SortPairs(nullptr, temp_bytes, k_in, k_out, values.data_ptr<int>(),
-                                    point_list.data_ptr<int>(), P, 0, end_bit, stream);
+    check_cub(cub::DeviceRadixSort::SortPairs(nullptr, temp_bytes, k_in, k_out, values.data_ptr<int>(),
+                                                  point_list.data_ptr<int>(), (int)P, 0, end_bit, stream),
+              "sort (temporary storage size)");
     at::Tensor temp = at::empty({(int64_t)temp_bytes}, opts.dtype(at::kByte));
-    cub::DeviceRadixSort::SortPairs(temp.data_ptr(), temp_bytes, k_in, k_out, values.data_ptr<int>(),
-                                    point_list.data_ptr<int>(), P, 0, end_bit, stream);
+    check_cub(cub::DeviceRadixSort::SortPairs(temp.data_ptr(), temp_bytes, k_in, k_out, values.data_ptr<int>(),
+                                                  point_list.data_ptr<int>(), (int)P, 0, end_bit, stream),
+              "sort");
+    check_stage(in, stream, "sort");
     tile_ranges_kernel<<<blocks_for(P), kThreads, 0, stream>>>(k_out, P, ranges);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    check_stage(in, stream, "tile ranges");
   }
   if (in.B > 0) {
     dim3 grid(in.grid_x(), in.grid_y(), in.B);
     render_kernel<<<grid, kTileSize, 0, stream>>>(in, st, ps, point_list.data_ptr<int>(), ranges, out_color,
                                                    out_depth, out_alpha);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    check_stage(in, stream, "render");
   }
   return point_list;
 }
@@ -219,12 +239,12 @@ void rasterize_bwd_cuda(const RasterInputs& in, const GeomState& st, const Pixel
   if (in.B > 0) {
     dim3 grid(in.grid_x(), in.grid_y(), in.B);
     render_backward_kernel<<<grid, kTileSize, 0, stream>>>(in, st, ps, point_list, ranges, gr);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    check_stage(in, stream, "render backward");
   }
   const int64_t total = (int64_t)in.B * in.N;
   if (total > 0) {
     preprocess_backward_kernel<<<blocks_for(total), kThreads, 0, stream>>>(in, st, gr);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    check_stage(in, stream, "preprocess backward");
   }
 }
 

@@ -28,6 +28,10 @@ constexpr float kMaxAlpha = 0.99f;       // per-Gaussian alpha clamp
 constexpr float kMinAlpha = 1.0f / 255.0f;
 constexpr float kMinTransmittance = 1e-4f;
 constexpr float kFrustumGuard = 1.3f;    // the EWA Jacobian is evaluated at most 1.3x outside the frustum
+constexpr float kNdcEps = 1e-7f;         // added to clip-space w before the perspective division
+// Largest screen-space radius kept (pixels). A finite but enormous Gaussian would overflow the float ->
+// int conversion of its radius; 2^24 is exact in float and far beyond any image.
+constexpr float kMaxRadius = 16777216.0f;
 
 // Per-camera parameters packed as one row of floats, so that a batch of cameras is one [B, kCamStride]
 // tensor: viewmatrix (16, row-vector form), projmatrix (16), campos (3), tanfovx, tanfovy.
@@ -63,6 +67,19 @@ struct Mat3 {
 GT_HD Vec3 load3(const float* p) { return {p[0], p[1], p[2]}; }
 GT_HD Vec4 load4(const float* p) { return {p[0], p[1], p[2], p[3]}; }
 GT_HD float clampf(float v, float lo, float hi) { return v < lo ? lo : (v > hi ? hi : v); }
+GT_HD bool finitef(float v) {
+#if defined(__CUDA_ARCH__)
+  return isfinite(v);
+#else
+  return std::isfinite(v);
+#endif
+}
+// True when the n floats at p are all finite (no NaN, no +-inf).
+GT_HD bool all_finite(const float* p, int n) {
+  bool ok = true;
+  for (int k = 0; k < n; ++k) ok = ok && finitef(p[k]);
+  return ok;
+}
 
 // A point through a 4x4 matrix in row-vector form: out_j = sum_k p_k M[k][j] + M[3][j].
 GT_HD Vec3 transform_point_4x3(const float* M, Vec3 p) {
@@ -94,7 +111,7 @@ struct Projected {
 };
 GT_HD Projected project_mean(const float* proj, Vec3 p, int W, int H) {
   Vec4 h = transform_point_4x4(proj, p);
-  float pw = 1.0f / (h.w + 1e-7f);
+  float pw = 1.0f / (h.w + kNdcEps);
   Projected out;
   out.ndc = {h.x * pw, h.y * pw};
   out.pix = {ndc2pix(out.ndc.x, W), ndc2pix(out.ndc.y, H)};
@@ -103,7 +120,7 @@ GT_HD Projected project_mean(const float* proj, Vec3 p, int W, int H) {
 // VJP w.r.t. the 3D mean, given dL/dndc (x, y).
 GT_HD Vec3 vjp_project_mean(const float* proj, Vec3 p, Vec2 v_ndc) {
   Vec4 h = transform_point_4x4(proj, p);
-  float pw = 1.0f / (h.w + 1e-7f);
+  float pw = 1.0f / (h.w + kNdcEps);
   Vec4 v_h = {v_ndc.x * pw, v_ndc.y * pw, 0.0f, -(v_ndc.x * h.x + v_ndc.y * h.y) * pw * pw};
   return vjp_transform_point_4x4(proj, v_h);
 }
@@ -305,12 +322,14 @@ GT_HD Cov2d vjp_invert_cov2d(Cov2d c, Conic g) {
   return v;
 }
 
-// Screen-space radius: 3 sigma of the larger eigenvalue.
+// Screen-space radius: 3 sigma of the larger eigenvalue, capped at kMaxRadius. NaN when the covariance
+// is not finite (the caller culls every radius that is not > 0).
 GT_HD float splat_radius(Cov2d c, float det) {
   const float mid = 0.5f * (c.a + c.c);
   const float disc = sqrtf(fmaxf(0.1f, mid * mid - det));
   const float l1 = mid + disc, l2 = mid - disc;
-  return ceilf(3.f * sqrtf(fmaxf(l1, l2)));
+  const float r = ceilf(3.f * sqrtf(fmaxf(l1, l2)));
+  return r > kMaxRadius ? kMaxRadius : r;  // (fminf would turn a NaN into kMaxRadius)
 }
 
 // Tile rectangle [min, max) touched by a splat, clamped to the grid.
