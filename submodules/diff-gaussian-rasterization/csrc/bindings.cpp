@@ -170,6 +170,8 @@ std::tuple<torch::Tensor, torch::Tensor, torch::Tensor, torch::Tensor, std::vect
   PixelState ps;
   unpack_state(radii, state, &st, &ps);
   st.tiles_touched = tiles_touched.data_ptr<int>();
+  torch::Tensor extents = torch::empty({B, N, 2}, i32);
+  st.extents = extents.data_ptr<int>();
 
   torch::Tensor point_list;
   if (a.device.is_cuda()) {

@@ -47,7 +47,16 @@ struct GeomState {
   float* depths = nullptr;       // [B*N] view-space z
   float* cov3d = nullptr;        // [B*N, 6] (computed or copied)
   int* tiles_touched = nullptr;  // [B*N]
+  int* extents = nullptr;        // [B*N, 2] half extents of the tile rectangle (forward only)
 };
+
+// Tiles [rmin, rmax) in which instance g is listed (the opacity-aware rectangle of preprocess_instance).
+GT_HD bool listed_tiles(const GeomState& st, int64_t g, int grid_x, int grid_y, int rmin[2], int rmax[2]) {
+  const int rx = st.extents[2 * g], ry = st.extents[2 * g + 1];
+  if (st.radii[g] <= 0 || rx < 0 || ry < 0) return false;
+  tile_rect_xy({st.means2d[2 * g], st.means2d[2 * g + 1]}, rx, ry, grid_x, grid_y, rmin, rmax);
+  return rmax[0] > rmin[0] && rmax[1] > rmin[1];
+}
 
 // Per-pixel results of the forward pass.
 struct PixelState {
@@ -114,6 +123,7 @@ GT_HD void preprocess_instance(const RasterInputs& in, const GeomState& st, int6
   const float* proj = cam + kCamProj;
   st.radii[g] = 0;
   st.tiles_touched[g] = 0;
+  st.extents[2 * g + 0] = st.extents[2 * g + 1] = -1;
   if (!inputs_finite(in, g)) return;
 
   const Vec3 p = load3(in.means3d + 3 * g);
@@ -144,7 +154,16 @@ GT_HD void preprocess_instance(const RasterInputs& in, const GeomState& st, int6
   tile_rect(pm.pix, (int)radius, in.grid_x(), in.grid_y(), rmin, rmax);
   // Both extents must be positive: two negative extents would give a positive area.
   if (rmax[0] <= rmin[0] || rmax[1] <= rmin[1]) return;
-  const int area = (rmax[0] - rmin[0]) * (rmax[1] - rmin[1]);
+  // The tiles it is listed in: the opacity-aware rectangle inside the 3-sigma one (same pixels drawn).
+  int rx, ry;
+  tile_extents(c2, in.opacities[g], radius, &rx, &ry);
+  st.extents[2 * g + 0] = rx;
+  st.extents[2 * g + 1] = ry;
+  int area = 0;
+  if (rx >= 0 && ry >= 0) {
+    tile_rect_xy(pm.pix, rx, ry, in.grid_x(), in.grid_y(), rmin, rmax);
+    area = rmax[0] > rmin[0] && rmax[1] > rmin[1] ? (rmax[0] - rmin[0]) * (rmax[1] - rmin[1]) : 0;
+  }
 
   bool clamped[3] = {false, false, false};
   Vec3 rgb;

@@ -154,7 +154,7 @@ static at::Tensor bin_cpu(const RasterInputs& in, const GeomState& st, int* rang
     std::vector<int64_t> start(T + 1, 0);
     auto for_tiles = [&](int g, auto&& fn) {
       int rmin[2], rmax[2];
-      tile_rect({st.means2d[2 * g], st.means2d[2 * g + 1]}, st.radii[g], gx, gy, rmin, rmax);
+      if (!listed_tiles(st, g, gx, gy, rmin, rmax)) return;
       for (int y = rmin[1]; y < rmax[1]; ++y)
         for (int x = rmin[0]; x < rmax[0]; ++x) fn(y * gx + x);
     };

@@ -340,6 +340,31 @@ GT_HD void tile_rect(Vec2 p, int radius, int grid_x, int grid_y, int rmin[2], in
   rmax[1] = (int)fminf((float)grid_y, fmaxf(0.f, floorf((p.y + radius + kTileY - 1) / kTileY)));
 }
 
+// Tile rectangle of a splat with per-axis half extents (pixels).
+GT_HD void tile_rect_xy(Vec2 p, int rx, int ry, int grid_x, int grid_y, int rmin[2], int rmax[2]) {
+  rmin[0] = (int)fminf((float)grid_x, fmaxf(0.f, floorf((p.x - rx) / kTileX)));
+  rmin[1] = (int)fminf((float)grid_y, fmaxf(0.f, floorf((p.y - ry) / kTileY)));
+  rmax[0] = (int)fminf((float)grid_x, fmaxf(0.f, floorf((p.x + rx + kTileX - 1) / kTileX)));
+  rmax[1] = (int)fminf((float)grid_y, fmaxf(0.f, floorf((p.y + ry + kTileY - 1) / kTileY)));
+}
+
+// Opacity-aware half extents of the tiles a splat is listed in. A splat can only be drawn where
+// o * exp(-q/2) >= kMinAlpha, q = d^T conic d, i.e. inside the ellipse q <= 2 ln(o / kMinAlpha), whose
+// bounding box has half widths sqrt(q_max * a) and sqrt(q_max * c) (a, c: the 2D covariance's diagonal).
+// A margin (0.01 on q_max, one pixel on the extents, which tile_rect's rounding needs) keeps every pixel the
+// per-pixel test accepts; the 3-sigma radius stays the upper bound. So the drawn pixels are those of the
+// 3-sigma rule, with fewer tile entries for faint or elongated splats (-1: not listed in any tile).
+constexpr float kSupportMargin = 0.01f;
+GT_HD void tile_extents(Cov2d c, float opacity, float radius, int* rx, int* ry) {
+  if (!(opacity >= kMinAlpha)) {
+    *rx = *ry = -1;
+    return;
+  }
+  const float q = 2.f * logf(opacity / kMinAlpha) + kSupportMargin;
+  *rx = (int)fminf(radius, ceilf(sqrtf(q * c.a)) + 1.f);
+  *ry = (int)fminf(radius, ceilf(sqrtf(q * c.c)) + 1.f);
+}
+
 // ---------------------------------------------------------------------------------------------------
 // Real spherical harmonics up to degree 3 (the 3DGS constants), with their gradients.
 constexpr float kSH_C0 = 0.28209479177387814f;
