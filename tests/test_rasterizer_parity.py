@@ -213,3 +213,47 @@ def test_million_gaussians_sampled_pixels(device):
         d = (getattr(out, name).detach().cpu() - getattr(out_c, name).detach()).abs()[:, sample[0]]
         assert (d > ATOL_IMAGE).float().mean() < 2e-3 and d.max() < 5e-3, f"{name}: max diff {d.max()}"
     _compare(out, g_d, out_c, g_c, sample, "cuda vs cpu (1M)", max_bad_rows=n // 1000, forward=False)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_mixed_shared_and_per_camera_attributes(device):
+    """Shared attributes ([N, ...]) are read by every camera without a B-fold copy and get their gradient summed
+    over the cameras; mixed with per-camera ones ([B, N, ...]) they equal the all-per-camera call."""
+    B, H, W = 3, 26, 30
+    st = batch_cameras(B, H, W, seed=19)
+    sc = random_scene(120, seed=20)
+    kw = _kw(sc)
+    g = torch.Generator().manual_seed(21)
+    kw["means3D"] = sc.means3D + 0.02 * torch.randn(B, *sc.means3D.shape, generator=g)  # per camera
+    kw["opacities"] = sc.opacities.expand(B, -1, -1).clone()  # per camera (same values)
+    _check(device, st, kw)
+    full = {k: (v if v.dim() == kw["means3D"].dim() else v.expand(B, *v.shape).clone()) for k, v in kw.items()}
+    s, k_mixed = _to(st, kw, device)
+    _, k_full = _to(st, full, device)
+    a, b = rasterize_gaussians(s, **k_mixed), rasterize_gaussians(s, **k_full)
+    assert torch.equal(a.color, b.color) and torch.equal(a.radii, b.radii)
+
+
+def test_opacity_aware_tiles_list_fewer_entries_and_draw_the_same_pixels():
+    """Tile lists hold the splats whose alpha >= 1/255 ellipse reaches the tile, not the whole 3-sigma square."""
+    from diff_gaussian_rasterization import pack_cameras
+    from diff_gaussian_rasterization._backend import load_extension
+
+    sc = head_scene(2500, seed=22)
+    sc.scales = sc.scales * 3  # splats over several tiles
+    sc.opacities = sc.opacities * 0.1  # faint: their alpha >= 1/255 ellipse is well inside 3 sigma
+    st = camera(96, 96, eye=(0.0, 0.0, -2.6), fovx_deg=45.0)
+    cams = pack_cameras(st.viewmatrix[None], st.projmatrix[None], st.campos[None],
+                        torch.tensor([[st.tanfovx, st.tanfovy]]))
+    e = torch.empty(0)
+    _, _, _, radii, state = load_extension("diff_gaussian_rasterization").rasterize_fwd(
+        sc.means3D, sc.shs, e, sc.opacities, sc.scales, sc.rotations, e, st.bg.view(1, 3, 1, 1).expand(1, 3, 96, 96),
+        cams, 96, 96, 3, 1.0, False, False)
+    means2d, point_list = state[0][0], state[6]
+    r = radii[0].float()
+    lo = torch.floor((means2d - r[:, None]) / 16).clamp(0, 6)
+    hi = torch.floor((means2d + r[:, None] + 15) / 16).clamp(0, 6)
+    three_sigma = ((hi - lo).clamp_min(0).prod(-1) * (r > 0)).sum().item()
+    print(f"tile entries: {point_list.numel()} opacity-aware, {three_sigma:.0f} with 3-sigma squares")
+    assert 0 < point_list.numel() < 0.8 * three_sigma, (point_list.numel(), three_sigma)
+    _check("cpu", st, _kw(sc))  # the pixels and gradients are still the twin's (3-sigma rule)

@@ -54,64 +54,81 @@ void check_limits(const RasterInputs& in, bool cuda) {
   }
 }
 
+// A per-Gaussian input: [B, N, tail...] (one set per camera) or [N, tail...] (shared by the B cameras: read
+// with a zero batch stride instead of being copied B times; sets `bit` in in.shared).
+const float* per_gaussian(Args* a, const torch::Tensor& t, int64_t B, int64_t N, std::vector<int64_t> tail, int bit,
+                          const char* name) {
+  std::vector<int64_t> full = {B, N}, shared = {N};
+  full.insert(full.end(), tail.begin(), tail.end());
+  shared.insert(shared.end(), tail.begin(), tail.end());
+  if (t.sizes().vec() != full) {
+    TORCH_CHECK_VALUE(t.sizes().vec() == shared, name, " must have shape ", c10::IntArrayRef(full), " or ",
+                      c10::IntArrayRef(shared), ", got ", t.sizes());
+    a->in.shared |= bit;
+  }
+  return input_ptr(a, t, name);
+}
+
 Args make_inputs(const torch::Tensor& means3d, const torch::Tensor& shs, const torch::Tensor& colors,
                  const torch::Tensor& opacities, const torch::Tensor& scales, const torch::Tensor& rotations,
                  const torch::Tensor& cov3d, const torch::Tensor& bg, const torch::Tensor& cams, int64_t H,
                  int64_t W, int64_t sh_degree, double scale_modifier, bool prefiltered, bool debug) {
-  TORCH_CHECK_VALUE(means3d.dim() == 3 && means3d.size(2) == 3, "means3D must have shape [B, N, 3], got ",
-                    means3d.sizes());
-  const int64_t B = means3d.size(0), N = means3d.size(1);
+  TORCH_CHECK_VALUE(cams.dim() == 2 && cams.size(1) == kCamStride, "cams must have shape [B, ", kCamStride,
+                    "], got ", cams.sizes());
+  TORCH_CHECK_VALUE((means3d.dim() == 3 || means3d.dim() == 2) && means3d.size(-1) == 3,
+                    "means3D must have shape [B, N, 3] or [N, 3], got ", means3d.sizes());
+  const int64_t B = cams.size(0), N = means3d.size(-2);
   TORCH_CHECK_VALUE(H > 0 && W > 0 && H <= INT32_MAX && W <= INT32_MAX, "image size must be positive, got ", H,
                     "x", W);
+  TORCH_CHECK_VALUE(B <= INT32_MAX && N <= INT32_MAX, "means3D has shape ", means3d.sizes(), ", too large");
   Args a;
   a.device = means3d.device();
   RasterInputs& in = a.in;
-  in.B = (int)std::min<int64_t>(B, INT32_MAX);
-  in.N = (int)std::min<int64_t>(N, INT32_MAX);
+  in.B = (int)B;
+  in.N = (int)N;
   in.H = (int)H;
   in.W = (int)W;
-  TORCH_CHECK_VALUE(B <= INT32_MAX && N <= INT32_MAX, "means3D has shape ", means3d.sizes(), ", too large");
   check_limits(in, a.device.is_cuda());
   in.scale_modifier = (float)scale_modifier;
   in.prefiltered = prefiltered;
   in.debug = debug;
-  in.means3d = input_ptr(&a, means3d, "means3D");
-  check_shape(opacities, {B, N, 1}, "opacities");
-  in.opacities = input_ptr(&a, opacities, "opacities");
+  in.means3d = per_gaussian(&a, means3d, B, N, {3}, kShareMeans, "means3D");
+  in.opacities = per_gaussian(&a, opacities, B, N, {1}, kShareOpacities, "opacities");
   check_shape(bg, {B, 3, H, W}, "bg");
   in.bg = input_ptr(&a, bg, "bg");
-  check_shape(cams, {B, kCamStride}, "cams");
   in.cams = input_ptr(&a, cams, "cams");
   if (present(colors)) {
-    check_shape(colors, {B, N, 3}, "colors_precomp");
-    in.colors = input_ptr(&a, colors, "colors_precomp");
+    in.colors = per_gaussian(&a, colors, B, N, {3}, kShareColors, "colors_precomp");
   } else {
     TORCH_CHECK_VALUE(present(shs) || N == 0, "either shs or colors_precomp must be given");
     if (present(shs)) {
-      TORCH_CHECK_VALUE(shs.dim() == 4 && shs.size(0) == B && shs.size(1) == N && shs.size(3) == 3,
-                        "shs must have shape [B, N, K, 3], got ", shs.sizes());
+      TORCH_CHECK_VALUE(shs.dim() >= 3 && shs.size(-1) == 3, "shs must have shape [B, N, K, 3] or [N, K, 3], got ",
+                        shs.sizes());
       TORCH_CHECK_VALUE(sh_degree >= 0 && sh_degree <= 3, "sh_degree must be in 0..3, got ", sh_degree);
-      TORCH_CHECK_VALUE(shs.size(2) >= (sh_degree + 1) * (sh_degree + 1), "shs has ", shs.size(2),
+      TORCH_CHECK_VALUE(shs.size(-2) >= (sh_degree + 1) * (sh_degree + 1), "shs has ", shs.size(-2),
                         " coefficients, sh_degree ", sh_degree, " needs ", (sh_degree + 1) * (sh_degree + 1));
-      in.shs = input_ptr(&a, shs, "shs");
-      in.sh_coeffs = (int)shs.size(2);
+      in.shs = per_gaussian(&a, shs, B, N, {shs.size(-2), 3}, kShareShs, "shs");
+      in.sh_coeffs = (int)shs.size(-2);
       in.sh_degree = (int)sh_degree;
     }
   }
   if (present(cov3d)) {
-    check_shape(cov3d, {B, N, 6}, "cov3D_precomp");
-    in.cov3d = input_ptr(&a, cov3d, "cov3D_precomp");
+    in.cov3d = per_gaussian(&a, cov3d, B, N, {6}, kShareCov3d, "cov3D_precomp");
   } else {
     TORCH_CHECK_VALUE((present(scales) && present(rotations)) || N == 0,
                       "either cov3D_precomp or scales and rotations must be given");
     if (N > 0) {
-      check_shape(scales, {B, N, 3}, "scales");
-      check_shape(rotations, {B, N, 4}, "rotations");
-      in.scales = input_ptr(&a, scales, "scales");
-      in.rotations = input_ptr(&a, rotations, "rotations");
+      in.scales = per_gaussian(&a, scales, B, N, {3}, kShareScales, "scales");
+      in.rotations = per_gaussian(&a, rotations, B, N, {4}, kShareRotations, "rotations");
     }
   }
   return a;
+}
+
+// The gradient of a per-Gaussian input, from the kernels' per-instance buffer [B, N, ...]: summed over the
+// cameras when the input was shared ([N, ...]).
+torch::Tensor input_grad(const torch::Tensor& per_instance, const RasterInputs& in, int bit) {
+  return (in.shared & bit) ? per_instance.sum(0) : per_instance;
 }
 
 // The backward state is an opaque list of tensors; this is the one place that knows its layout.
@@ -231,12 +248,12 @@ std::vector<torch::Tensor> rasterize_bwd(const torch::Tensor& means3d, const tor
   torch::Tensor v_opacities = torch::zeros({B, N, 1}, f32);
   torch::Tensor v_bg = torch::zeros({B, 3, H, W}, f32);
   torch::Tensor none = torch::empty({0}, f32);
-  // Contiguous whatever the inputs' strides (zeros_like would copy a transposed layout).
-  torch::Tensor v_shs = in.shs ? torch::zeros(shs.sizes(), f32) : none;
-  torch::Tensor v_colors = in.colors ? torch::zeros(colors.sizes(), f32) : none;
-  torch::Tensor v_scales = in.scales ? torch::zeros(scales.sizes(), f32) : none;
-  torch::Tensor v_rotations = in.rotations ? torch::zeros(rotations.sizes(), f32) : none;
-  torch::Tensor v_cov3d = in.cov3d ? torch::zeros(cov3d.sizes(), f32) : none;
+  // Per-instance [B, N, ...] and contiguous, whatever the inputs' layout (shared inputs are summed at the end).
+  torch::Tensor v_shs = in.shs ? torch::zeros({B, N, in.sh_coeffs, 3}, f32) : none;
+  torch::Tensor v_colors = in.colors ? torch::zeros({B, N, 3}, f32) : none;
+  torch::Tensor v_scales = in.scales ? torch::zeros({B, N, 3}, f32) : none;
+  torch::Tensor v_rotations = in.rotations ? torch::zeros({B, N, 4}, f32) : none;
+  torch::Tensor v_cov3d = in.cov3d ? torch::zeros({B, N, 6}, f32) : none;
 
   RasterGrads gr;
   gr.v_color = v_color_ptr;
@@ -268,7 +285,11 @@ std::vector<torch::Tensor> rasterize_bwd(const torch::Tensor& means3d, const tor
   } else {
     rasterize_bwd_cpu(in, st, ps, point_list, ranges, gr);
   }
-  return {v_means3d, v_means2d, v_shs, v_colors, v_opacities, v_scales, v_rotations, v_cov3d, v_bg};
+  return {input_grad(v_means3d, in, kShareMeans), v_means2d, in.shs ? input_grad(v_shs, in, kShareShs) : none,
+          in.colors ? input_grad(v_colors, in, kShareColors) : none, input_grad(v_opacities, in, kShareOpacities),
+          in.scales ? input_grad(v_scales, in, kShareScales) : none,
+          in.rotations ? input_grad(v_rotations, in, kShareRotations) : none,
+          in.cov3d ? input_grad(v_cov3d, in, kShareCov3d) : none, v_bg};
 }
 
 // Visibility test of the 3DGS API (`markVisible`): view-space z > 0.2 for each of B cameras.

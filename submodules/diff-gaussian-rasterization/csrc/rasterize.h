@@ -15,7 +15,15 @@
 
 namespace gt {
 
-// Inputs of one forward/backward call (raw pointers into contiguous float32 tensors).
+// Bits of RasterInputs::shared: which per-Gaussian inputs are one [N, ...] set for all B cameras.
+enum SharedInput : int {
+  kShareMeans = 1, kShareShs = 2, kShareColors = 4, kShareOpacities = 8, kShareScales = 16, kShareRotations = 32,
+  kShareCov3d = 64
+};
+
+// Inputs of one forward/backward call (raw pointers into contiguous float32 tensors). A per-Gaussian input
+// is either [B, N, ...] (one set per camera) or, when its bit is set in `shared`, [N, ...] read by every
+// camera (no B-fold copy of attributes the cameras share). Read them through the accessors.
 struct RasterInputs {
   int B = 0, N = 0, H = 0, W = 0;
   int sh_degree = 0, sh_coeffs = 0;  // active degree and K (coefficients per Gaussian in `shs`)
@@ -31,6 +39,18 @@ struct RasterInputs {
   const float* cov3d = nullptr;      // [B, N, 6] or null
   const float* bg = nullptr;         // [B, 3, H, W]
   const float* cams = nullptr;       // [B, kCamStride]
+
+  int shared = 0;                    // SharedInput bits
+
+  // Row of instance g (= b * N + i) in an input: i when that input is shared, g otherwise.
+  GT_HD int64_t row(int64_t g, int bit) const { return (shared & bit) ? g % N : g; }
+  GT_HD const float* mean(int64_t g) const { return means3d + 3 * row(g, kShareMeans); }
+  GT_HD const float* sh(int64_t g) const { return shs + row(g, kShareShs) * sh_coeffs * 3; }
+  GT_HD const float* color(int64_t g) const { return colors + 3 * row(g, kShareColors); }
+  GT_HD float opacity(int64_t g) const { return opacities[row(g, kShareOpacities)]; }
+  GT_HD const float* scale(int64_t g) const { return scales + 3 * row(g, kShareScales); }
+  GT_HD const float* rotation(int64_t g) const { return rotations + 4 * row(g, kShareRotations); }
+  GT_HD const float* cov(int64_t g) const { return cov3d + 6 * row(g, kShareCov3d); }
 
   GT_HD int grid_x() const { return (W + kTileX - 1) / kTileX; }
   GT_HD int grid_y() const { return (H + kTileY - 1) / kTileY; }
@@ -102,16 +122,16 @@ GT_HD float cam_fy(const float* cam, int H) { return H / (2.f * cam[kCamTanY]); 
 // used to leave unwritten sort keys behind. A zero quaternion is *not* culled: it reads as the identity
 // rotation (the quaternion is used as given, like upstream).
 GT_HD bool inputs_finite(const RasterInputs& in, int64_t g) {
-  bool ok = all_finite(in.means3d + 3 * g, 3) && finitef(in.opacities[g]);
+  bool ok = all_finite(in.mean(g), 3) && finitef(in.opacity(g));
   if (in.cov3d) {
-    ok = ok && all_finite(in.cov3d + 6 * g, 6);
+    ok = ok && all_finite(in.cov(g), 6);
   } else {
-    ok = ok && all_finite(in.scales + 3 * g, 3) && all_finite(in.rotations + 4 * g, 4);
+    ok = ok && all_finite(in.scale(g), 3) && all_finite(in.rotation(g), 4);
   }
   if (in.colors) {
-    ok = ok && all_finite(in.colors + 3 * g, 3);
+    ok = ok && all_finite(in.color(g), 3);
   } else {
-    ok = ok && all_finite(in.shs + g * in.sh_coeffs * 3, (in.sh_degree + 1) * (in.sh_degree + 1) * 3);
+    ok = ok && all_finite(in.sh(g), (in.sh_degree + 1) * (in.sh_degree + 1) * 3);
   }
   return ok;
 }
@@ -126,16 +146,16 @@ GT_HD void preprocess_instance(const RasterInputs& in, const GeomState& st, int6
   st.extents[2 * g + 0] = st.extents[2 * g + 1] = -1;
   if (!inputs_finite(in, g)) return;
 
-  const Vec3 p = load3(in.means3d + 3 * g);
+  const Vec3 p = load3(in.mean(g));
   const Vec3 t = transform_point_4x3(view, p);
   if (!(finitef(t.x) && finitef(t.y) && finitef(t.z))) return;
   if (!in.prefiltered && t.z <= kNearCull) return;
 
   Sym3 S;
   if (in.cov3d) {
-    for (int k = 0; k < 6; ++k) S.m[k] = in.cov3d[6 * g + k];
+    for (int k = 0; k < 6; ++k) S.m[k] = in.cov(g)[k];
   } else {
-    S = compute_cov3d(load3(in.scales + 3 * g), in.scale_modifier, load4(in.rotations + 4 * g));
+    S = compute_cov3d(load3(in.scale(g)), in.scale_modifier, load4(in.rotation(g)));
   }
   const float fx = cam_fx(cam, in.W), fy = cam_fy(cam, in.H);
   EwaJacobian J = ewa_jacobian(t, fx, fy, cam[kCamTanX], cam[kCamTanY]);
@@ -156,7 +176,7 @@ GT_HD void preprocess_instance(const RasterInputs& in, const GeomState& st, int6
   if (rmax[0] <= rmin[0] || rmax[1] <= rmin[1]) return;
   // The tiles it is listed in: the opacity-aware rectangle inside the 3-sigma one (same pixels drawn).
   int rx, ry;
-  tile_extents(c2, in.opacities[g], radius, &rx, &ry);
+  tile_extents(c2, in.opacity(g), radius, &rx, &ry);
   st.extents[2 * g + 0] = rx;
   st.extents[2 * g + 1] = ry;
   int area = 0;
@@ -168,9 +188,9 @@ GT_HD void preprocess_instance(const RasterInputs& in, const GeomState& st, int6
   bool clamped[3] = {false, false, false};
   Vec3 rgb;
   if (in.colors) {
-    rgb = load3(in.colors + 3 * g);
+    rgb = load3(in.color(g));
   } else {
-    rgb = sh_to_color(in.sh_degree, in.shs + g * in.sh_coeffs * 3, p, load3(cam + kCamPos), clamped);
+    rgb = sh_to_color(in.sh_degree, in.sh(g), p, load3(cam + kCamPos), clamped);
   }
   st.radii[g] = (int)radius;
   st.tiles_touched[g] = area;
@@ -179,7 +199,7 @@ GT_HD void preprocess_instance(const RasterInputs& in, const GeomState& st, int6
   st.conic_opacity[4 * g + 0] = con.A;
   st.conic_opacity[4 * g + 1] = con.B;
   st.conic_opacity[4 * g + 2] = con.C;
-  st.conic_opacity[4 * g + 3] = in.opacities[g];
+  st.conic_opacity[4 * g + 3] = in.opacity(g);
   st.rgb[3 * g + 0] = rgb.x;
   st.rgb[3 * g + 1] = rgb.y;
   st.rgb[3 * g + 2] = rgb.z;
@@ -295,7 +315,7 @@ GT_HD void preprocess_backward_instance(const RasterInputs& in, const GeomState&
   const float* cam = in.cams + (int64_t)b * kCamStride;
   const float* view = cam + kCamView;
   const float* proj = cam + kCamProj;
-  const Vec3 p = load3(in.means3d + 3 * g);
+  const Vec3 p = load3(in.mean(g));
   const Vec3 t = transform_point_4x3(view, p);
   Sym3 S;
   for (int k = 0; k < 6; ++k) S.m[k] = st.cov3d[6 * g + k];
@@ -333,7 +353,7 @@ GT_HD void preprocess_backward_instance(const RasterInputs& in, const GeomState&
   } else {
     const bool clamped[3] = {st.clamped[3 * g] != 0, st.clamped[3 * g + 1] != 0, st.clamped[3 * g + 2] != 0};
     const int64_t off = g * in.sh_coeffs * 3;
-    const Vec3 v_dir = vjp_sh_to_color(in.sh_degree, in.shs + off, p, load3(cam + kCamPos), clamped, v_rgb,
+    const Vec3 v_dir = vjp_sh_to_color(in.sh_degree, in.sh(g), p, load3(cam + kCamPos), clamped, v_rgb,
                                        gr.v_shs + off);
     v_p.x += v_dir.x;
     v_p.y += v_dir.y;
@@ -350,7 +370,7 @@ GT_HD void preprocess_backward_instance(const RasterInputs& in, const GeomState&
   } else {
     Vec3 v_s;
     Vec4 v_q;
-    vjp_compute_cov3d(load3(in.scales + 3 * g), in.scale_modifier, load4(in.rotations + 4 * g), v_S, &v_s, &v_q);
+    vjp_compute_cov3d(load3(in.scale(g)), in.scale_modifier, load4(in.rotation(g)), v_S, &v_s, &v_q);
     gr.v_scales[3 * g + 0] = v_s.x;
     gr.v_scales[3 * g + 1] = v_s.y;
     gr.v_scales[3 * g + 2] = v_s.z;

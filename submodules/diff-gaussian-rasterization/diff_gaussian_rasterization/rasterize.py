@@ -74,15 +74,27 @@ class _RasterizeGaussians(torch.autograd.Function):
                 opt(v_bg, need[8]), None, None, None, None, None, None, None)
 
 
+def _shared(t: Optional[torch.Tensor], B: int) -> Optional[torch.Tensor]:
+    """An attribute shared by the B cameras (a [B, N, ...] view with a zero batch stride) as its [N, ...] set:
+    the kernels read it for every camera instead of a B-fold copy, and return its gradient summed over them."""
+    if t is not None and B > 1 and t.dim() >= 2 and t.stride(0) == 0:
+        return t[0]
+    return t
+
+
 def _run_native(b: Batch, settings: GaussianRasterizationSettings) -> RasterizeResult:
     dev = b.means3D.device
     cams = pack_cameras(b.viewmatrix, b.projmatrix, b.campos, b.tanfov)
     # means2D only carries the screen-space gradient out; its value is not used (as in 3DGS).
     means2D = b.means2D if b.means2D is not None else torch.zeros(b.B, b.N, 3, device=dev)
+
+    def attr(t, name):
+        return _f32(_shared(t, b.B), name, dev)
+
     color, depth, alpha, radii = _RasterizeGaussians.apply(
-        _f32(b.means3D, "means3D", dev), _f32(means2D, "means2D", dev), _f32(b.shs, "shs", dev),
-        _f32(b.colors, "colors_precomp", dev), _f32(b.opacities, "opacities", dev), _f32(b.scales, "scales", dev),
-        _f32(b.rotations, "rotations", dev), _f32(b.cov3D, "cov3D_precomp", dev), _f32(b.bg, "bg", dev),
+        attr(b.means3D, "means3D"), _f32(means2D, "means2D", dev), attr(b.shs, "shs"),
+        attr(b.colors, "colors_precomp"), attr(b.opacities, "opacities"), attr(b.scales, "scales"),
+        attr(b.rotations, "rotations"), attr(b.cov3D, "cov3D_precomp"), _f32(b.bg, "bg", dev),
         cams.to(dev), int(settings.image_height), int(settings.image_width),
         int(settings.sh_degree) if b.shs is not None else 0, float(settings.scale_modifier),
         bool(settings.prefiltered), bool(settings.debug))
