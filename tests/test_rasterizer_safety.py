@@ -236,12 +236,15 @@ def test_native_entry_points_accept_non_contiguous_views(device):
     assert torch.equal(simple_knn.distCUDA2(p), simple_knn.distCUDA2(p.contiguous()))
 
 
-@pytest.mark.gpu
-def test_cuda_debug_mode_runs_and_matches():
-    st, kw = _to(camera(32, 48), _attrs(random_scene(200, seed=7), "sh"), "cuda")
-    a = rasterize_gaussians(st, **kw)
-    b = rasterize_gaussians(st._replace(debug=True), **kw)
-    assert torch.equal(a.color, b.color)
+@pytest.mark.parametrize("device", DEVICES)
+def test_debug_mode_runs_and_matches(device):
+    """debug=True synchronises after every CUDA stage (a no-op on the CPU); the results are the same."""
+    st, kw = _to(camera(32, 48), _attrs(random_scene(200, seed=7), "sh"), device)
+    a, ga = _render_and_grads(rasterize_gaussians, st, kw)
+    b, gb = _render_and_grads(rasterize_gaussians, st._replace(debug=True), kw)
+    assert torch.equal(a.color, b.color) and torch.equal(a.radii, b.radii)
+    for k in ga:
+        torch.testing.assert_close(ga[k], gb[k], rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.gpu

@@ -10,6 +10,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 
 #if defined(__CUDACC__)
 #define GT_HD __host__ __device__ __forceinline__
@@ -74,11 +75,21 @@ GT_HD bool finitef(float v) {
   return std::isfinite(v);
 #endif
 }
-// True when the n floats at p are all finite (no NaN, no +-inf).
+GT_HD uint32_t float_bits(float v) {
+#if defined(__CUDA_ARCH__)
+  return __float_as_uint(v);
+#else
+  uint32_t u;
+  std::memcpy(&u, &v, sizeof(u));
+  return u;
+#endif
+}
+// True when the n floats at p are all finite (no NaN, no +-inf): no exponent field is all ones. Integer
+// tests without branches, so that the CPU compiler vectorises the loop (it runs over 48 SH values).
 GT_HD bool all_finite(const float* p, int n) {
-  bool ok = true;
-  for (int k = 0; k < n; ++k) ok = ok && finitef(p[k]);
-  return ok;
+  uint32_t bad = 0;
+  for (int k = 0; k < n; ++k) bad |= (~float_bits(p[k]) & 0x7f800000u) == 0u;
+  return bad == 0u;
 }
 
 // A point through a 4x4 matrix in row-vector form: out_j = sum_k p_k M[k][j] + M[3][j].

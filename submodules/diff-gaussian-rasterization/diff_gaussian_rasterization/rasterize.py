@@ -74,27 +74,29 @@ class _RasterizeGaussians(torch.autograd.Function):
                 opt(v_bg, need[8]), None, None, None, None, None, None, None)
 
 
-def _shared(t: Optional[torch.Tensor], B: int) -> Optional[torch.Tensor]:
+def _shared(t: Optional[torch.Tensor], given: Optional[torch.Tensor], B: int) -> Optional[torch.Tensor]:
     """An attribute shared by the B cameras (a [B, N, ...] view with a zero batch stride) as its [N, ...] set:
-    the kernels read it for every camera instead of a B-fold copy, and return its gradient summed over them."""
-    if t is not None and B > 1 and t.dim() >= 2 and t.stride(0) == 0:
-        return t[0]
-    return t
+    the kernels read it for every camera instead of a B-fold copy, and return its gradient summed over them.
+    The caller's own [N, ...] tensor is passed when there is one (so autograd adds no select / expand pair)."""
+    if t is None or B == 1 or t.dim() < 2 or t.stride(0) != 0:
+        return t
+    return given if given is not None and given.dim() == t.dim() - 1 else t[0]
 
 
-def _run_native(b: Batch, settings: GaussianRasterizationSettings) -> RasterizeResult:
+def _run_native(b: Batch, settings: GaussianRasterizationSettings, given: dict) -> RasterizeResult:
+    """``given``: the caller's attribute tensors by Batch field name, before batching."""
     dev = b.means3D.device
     cams = pack_cameras(b.viewmatrix, b.projmatrix, b.campos, b.tanfov)
     # means2D only carries the screen-space gradient out; its value is not used (as in 3DGS).
     means2D = b.means2D if b.means2D is not None else torch.zeros(b.B, b.N, 3, device=dev)
 
-    def attr(t, name):
-        return _f32(_shared(t, b.B), name, dev)
+    def attr(name, label):
+        return _f32(_shared(getattr(b, name), given.get(name), b.B), label, dev)
 
     color, depth, alpha, radii = _RasterizeGaussians.apply(
-        attr(b.means3D, "means3D"), _f32(means2D, "means2D", dev), attr(b.shs, "shs"),
-        attr(b.colors, "colors_precomp"), attr(b.opacities, "opacities"), attr(b.scales, "scales"),
-        attr(b.rotations, "rotations"), attr(b.cov3D, "cov3D_precomp"), _f32(b.bg, "bg", dev),
+        attr("means3D", "means3D"), _f32(means2D, "means2D", dev), attr("shs", "shs"),
+        attr("colors", "colors_precomp"), attr("opacities", "opacities"), attr("scales", "scales"),
+        attr("rotations", "rotations"), attr("cov3D", "cov3D_precomp"), _f32(b.bg, "bg", dev),
         cams.to(dev), int(settings.image_height), int(settings.image_width),
         int(settings.sh_degree) if b.shs is not None else 0, float(settings.scale_modifier),
         bool(settings.prefiltered), bool(settings.debug))
@@ -124,7 +126,9 @@ def rasterize_gaussians(
     """
     b = normalize_inputs(settings, means3D, means2D, opacities, shs, colors_precomp, scales, rotations,
                          cov3D_precomp)
-    return unbatch(_run_native(b, settings), b.batched)
+    given = {"means3D": means3D, "opacities": opacities, "shs": shs, "colors": colors_precomp, "scales": scales,
+             "rotations": rotations, "cov3D": cov3D_precomp}
+    return unbatch(_run_native(b, settings, given), b.batched)
 
 
 class GaussianRasterizer(torch.nn.Module):
