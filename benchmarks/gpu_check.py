@@ -188,8 +188,9 @@ def _gsplat_module(args):
         if not args.install_gsplat:
             return None, f"not installed ({exc}); --install-gsplat tries the package registry"
     try:
-        proc = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "gsplat"], capture_output=True,
-                              text=True, timeout=args.gsplat_timeout)
+        # (no retries: a machine without network access answers at once)
+        proc = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--retries", "0", "--timeout", "15",
+                               "gsplat"], capture_output=True, text=True, timeout=args.gsplat_timeout)
     except subprocess.TimeoutExpired:
         return None, f"pip install gsplat took more than {args.gsplat_timeout} s"
     if proc.returncode != 0:
@@ -332,6 +333,8 @@ def stage_render(args) -> dict:
         tmp = Path(tmp)
         model_dir = render.build(tmp, size, points, 12 if args.cpu_smoke else 40)
         talker = load(model_dir, device=device)
+        if device == "cuda":
+            torch.cuda.reset_peak_memory_stats()
         rows = []
         for bs in batches:
             frames = 4 if args.cpu_smoke else (16 if bs == 1 else max(128, bs))
