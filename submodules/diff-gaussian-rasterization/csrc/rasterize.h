@@ -128,12 +128,8 @@ GT_HD bool inputs_finite(const RasterInputs& in, int64_t g) {
   } else {
     ok = ok && all_finite(in.scale(g), 3) && all_finite(in.rotation(g), 4);
   }
-  if (in.colors) {
-    ok = ok && all_finite(in.color(g), 3);
-  } else {
-    ok = ok && all_finite(in.sh(g), (in.sh_degree + 1) * (in.sh_degree + 1) * 3);
-  }
-  return ok;
+  if (in.colors) ok = ok && all_finite(in.color(g), 3);
+  return ok;  // (SH coefficients: tested through their sum in sh_to_color, see preprocess_instance)
 }
 
 GT_HD void preprocess_instance(const RasterInputs& in, const GeomState& st, int64_t g) {
@@ -190,7 +186,9 @@ GT_HD void preprocess_instance(const RasterInputs& in, const GeomState& st, int6
   if (in.colors) {
     rgb = load3(in.color(g));
   } else {
-    rgb = sh_to_color(in.sh_degree, in.sh(g), p, load3(cam + kCamPos), clamped);
+    bool finite;
+    rgb = sh_to_color(in.sh_degree, in.sh(g), p, load3(cam + kCamPos), clamped, &finite);
+    if (!finite) return;  // a non-finite active SH coefficient (nothing stored yet but the extents)
   }
   st.radii[g] = (int)radius;
   st.tiles_touched[g] = area;

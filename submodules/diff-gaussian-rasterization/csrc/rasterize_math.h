@@ -435,8 +435,10 @@ GT_HD void sh_basis(int deg, Vec3 d, float Y[16], Vec3 dY[16]) {
 }
 
 // RGB from SH coefficients `sh` ([K, 3], K >= (deg+1)^2) seen from `campos`: SH(d) + 0.5, clamped at 0.
-// `clamped[c]` records which channels were clamped (they pass no gradient).
-GT_HD Vec3 sh_to_color(int deg, const float* sh, Vec3 pos, Vec3 campos, bool clamped[3]) {
+// `clamped[c]` records which channels were clamped (they pass no gradient). `*finite` tells whether the
+// sum before the clamp was finite: false exactly when an active coefficient is NaN or infinite (or the sum
+// overflows), which the caller culls; testing the sum spares a second pass over the 48 coefficients.
+GT_HD Vec3 sh_to_color(int deg, const float* sh, Vec3 pos, Vec3 campos, bool clamped[3], bool* finite) {
   Vec3 v = {pos.x - campos.x, pos.y - campos.y, pos.z - campos.z};
   const float inv = 1.f / sqrtf(v.x * v.x + v.y * v.y + v.z * v.z);
   Vec3 d = {v.x * inv, v.y * inv, v.z * inv};
@@ -446,6 +448,7 @@ GT_HD Vec3 sh_to_color(int deg, const float* sh, Vec3 pos, Vec3 campos, bool cla
   float rgb[3] = {0.5f, 0.5f, 0.5f};
   for (int k = 0; k < K; ++k)
     for (int c = 0; c < 3; ++c) rgb[c] += Y[k] * sh[3 * k + c];
+  *finite = all_finite(rgb, 3);
   for (int c = 0; c < 3; ++c) {
     clamped[c] = rgb[c] < 0.f;
     rgb[c] = clamped[c] ? 0.f : rgb[c];

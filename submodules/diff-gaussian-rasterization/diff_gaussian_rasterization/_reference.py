@@ -182,6 +182,14 @@ def _render_camera(b: Batch, k: int, H: int, W: int, sh_degree: int, modifier: f
         rgb = a_["colors"]
     else:
         rgb = _sh_to_color(sh_degree, a_["shs"], means3D, campos)
+        # The kernels test the SH sum before the clamp (non-finite exactly when a coefficient is, or on overflow).
+        with torch.no_grad():
+            d = means3D - campos
+            raw = (_sh_basis(sh_degree, d / d.norm(dim=-1, keepdim=True)).unsqueeze(-1)
+                   * b.shs[k][:, :n_sh]).sum(-2)
+            valid = valid & torch.isfinite(raw).all(-1)
+            radii = torch.where(valid, radii, torch.zeros_like(radii))
+        rgb = torch.where(valid.unsqueeze(-1), rgb, torch.zeros_like(rgb))
 
     # Dense per-pixel evaluation: [P, N]
     ys, xs = torch.meshgrid(torch.arange(H, device=dev), torch.arange(W, device=dev), indexing="ij")
