@@ -4,7 +4,10 @@ present) the CUDA kernels, measured side by side in one run on the same scenes.
 Scenes: N Gaussians on a head-like ellipsoid surface with nearest-neighbour-sized scales, seen frontally
 so that the head fills most of the image (the load of a GaussianTalker render). SH degree 3.
 
-    python benchmarks/rasterizer.py [--sizes 10000 35000 100000] [--repeats 3] [--out benchmarks/results/rasterizer.json]
+    python benchmarks/rasterizer.py [--sizes 10000 35000 100000] [--batches 1 8] [--repeats 3]
+                                    [--out benchmarks/results/rasterizer.json]
+
+With ``--batches``, B > 1 renders the same Gaussians (shared [N, ...] attributes) from B cameras in one call.
 
 Prints a table and writes JSON with the times and the speed-up ratios of the same run.
 """
@@ -22,7 +25,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from _raster_scenes import camera, head_scene  # noqa: E402
+from _raster_scenes import batch_cameras, camera, head_scene  # noqa: E402
 
 from diff_gaussian_rasterization import _rasterize_reference, build_info, rasterize_gaussians  # noqa: E402
 
@@ -61,9 +64,12 @@ def _case(impl, st, kw, backward: bool):
     return run
 
 
-def scene(n: int, size: int):
+def scene(n: int, size: int, batch: int = 1):
     sc = head_scene(n, seed=0)
-    st = camera(size, size, eye=(0.0, 0.0, -2.6), fovx_deg=45.0)
+    if batch == 1:
+        st = camera(size, size, eye=(0.0, 0.0, -2.6), fovx_deg=45.0)
+    else:
+        st = batch_cameras(batch, size, size, seed=1, fovx_deg=45.0)
     kw = {"means3D": sc.means3D, "opacities": sc.opacities, "shs": sc.shs, "scales": sc.scales,
           "rotations": sc.rotations}
     return st, kw
@@ -77,18 +83,19 @@ def main(argv=None) -> int:
     ap.add_argument("--ref-max-n", type=int, default=35_000,
                     help="largest N for the dense reference (memory grows as pixels x N)")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--batches", type=int, nargs="+", default=[1], help="cameras per call (shared Gaussians)")
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "rasterizer.json"))
     args = ap.parse_args(argv)
 
     cpu = torch.device("cpu")
     cuda = torch.device("cuda") if torch.cuda.is_available() and build_info().get("cuda") else None
     rows = []
-    for n in args.sizes:
+    for n, batch in [(n, b) for n in args.sizes for b in args.batches]:
         for res, impls in ((args.ref_resolution, ["reference", "cpu"] + (["cuda"] if cuda else [])),
                            (args.resolution, ["cpu"] + (["cuda"] if cuda else []))):
-            st, kw = scene(n, res)
+            st, kw = scene(n, res, batch)
             for mode in ("forward", "forward+backward"):
-                row = {"N": n, "resolution": res, "mode": mode}
+                row = {"N": n, "B": batch, "resolution": res, "mode": mode}
                 for impl in impls:
                     if impl == "reference" and n > args.ref_max_n:
                         continue
@@ -117,7 +124,7 @@ def main(argv=None) -> int:
 
 
 def _fmt(row: dict) -> str:
-    parts = [f"N={row['N']:>7}", f"{row['resolution']:>4}px", f"{row['mode']:<17}"]
+    parts = [f"N={row['N']:>7}", f"B={row['B']:>3}", f"{row['resolution']:>4}px", f"{row['mode']:<17}"]
     for k in ("reference", "cpu", "cuda"):
         if k in row:
             parts.append(f"{k}={row[k] * 1000:9.1f} ms")

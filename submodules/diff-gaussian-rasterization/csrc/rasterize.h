@@ -15,12 +15,21 @@
 
 namespace gt {
 
-// Inputs of one forward/backward call (raw pointers into contiguous float32 tensors).
+// Bits of RasterInputs::shared: which per-Gaussian inputs are one [N, ...] set for all B cameras.
+enum SharedInput : int {
+  kShareMeans = 1, kShareShs = 2, kShareColors = 4, kShareOpacities = 8, kShareScales = 16, kShareRotations = 32,
+  kShareCov3d = 64
+};
+
+// Inputs of one forward/backward call (raw pointers into contiguous float32 tensors). A per-Gaussian input
+// is either [B, N, ...] (one set per camera) or, when its bit is set in `shared`, [N, ...] read by every
+// camera (no B-fold copy of attributes the cameras share). Read them through the accessors.
 struct RasterInputs {
   int B = 0, N = 0, H = 0, W = 0;
   int sh_degree = 0, sh_coeffs = 0;  // active degree and K (coefficients per Gaussian in `shs`)
   float scale_modifier = 1.f;
   bool prefiltered = false;
+  bool debug = false;                // CUDA: synchronise after every stage and name the one that failed
   const float* means3d = nullptr;    // [B, N, 3]
   const float* shs = nullptr;        // [B, N, K, 3] or null
   const float* colors = nullptr;     // [B, N, 3] or null (then shs is used)
@@ -30,6 +39,18 @@ struct RasterInputs {
   const float* cov3d = nullptr;      // [B, N, 6] or null
   const float* bg = nullptr;         // [B, 3, H, W]
   const float* cams = nullptr;       // [B, kCamStride]
+
+  int shared = 0;                    // SharedInput bits
+
+  // Row of instance g (= b * N + i) in an input: i when that input is shared, g otherwise.
+  GT_HD int64_t row(int64_t g, int bit) const { return (shared & bit) ? g % N : g; }
+  GT_HD const float* mean(int64_t g) const { return means3d + 3 * row(g, kShareMeans); }
+  GT_HD const float* sh(int64_t g) const { return shs + row(g, kShareShs) * sh_coeffs * 3; }
+  GT_HD const float* color(int64_t g) const { return colors + 3 * row(g, kShareColors); }
+  GT_HD float opacity(int64_t g) const { return opacities[row(g, kShareOpacities)]; }
+  GT_HD const float* scale(int64_t g) const { return scales + 3 * row(g, kShareScales); }
+  GT_HD const float* rotation(int64_t g) const { return rotations + 4 * row(g, kShareRotations); }
+  GT_HD const float* cov(int64_t g) const { return cov3d + 6 * row(g, kShareCov3d); }
 
   GT_HD int grid_x() const { return (W + kTileX - 1) / kTileX; }
   GT_HD int grid_y() const { return (H + kTileY - 1) / kTileY; }
@@ -46,7 +67,16 @@ struct GeomState {
   float* depths = nullptr;       // [B*N] view-space z
   float* cov3d = nullptr;        // [B*N, 6] (computed or copied)
   int* tiles_touched = nullptr;  // [B*N]
+  int* extents = nullptr;        // [B*N, 2] half extents of the tile rectangle (forward only)
 };
+
+// Tiles [rmin, rmax) in which instance g is listed (the opacity-aware rectangle of preprocess_instance).
+GT_HD bool listed_tiles(const GeomState& st, int64_t g, int grid_x, int grid_y, int rmin[2], int rmax[2]) {
+  const int rx = st.extents[2 * g], ry = st.extents[2 * g + 1];
+  if (st.radii[g] <= 0 || rx < 0 || ry < 0) return false;
+  tile_rect_xy({st.means2d[2 * g], st.means2d[2 * g + 1]}, rx, ry, grid_x, grid_y, rmin, rmax);
+  return rmax[0] > rmin[0] && rmax[1] > rmin[1];
+}
 
 // Per-pixel results of the forward pass.
 struct PixelState {
@@ -82,23 +112,46 @@ GT_HD float cam_fy(const float* cam, int H) { return H / (2.f * cam[kCamTanY]); 
 
 // ---------------------------------------------------------------------------------------------------
 // 1. Preprocess one instance.
-GT_HD void preprocess_instance(const RasterInputs& in, const GeomState& st, int g) {
-  const int b = g / in.N;
-  const float* cam = in.cams + b * kCamStride;
+//
+// The one culling rule of both backends (and of the Python reference): an instance is not rendered
+// (radius 0, no tile entries, zero gradient) when it is behind the near plane (unless `prefiltered`), when
+// any of its inputs is not finite (mean, scale, rotation or cov3D, opacity, the colour or the SH
+// coefficients of the active degree), when its 2D covariance is not positive definite or its mean / conic
+// is not finite, when its radius is not > 0, or when its tile rectangle is empty. Culling non-finite input
+// explicitly matters on the GPU: `(int)NaN` is 0 there while the tile count of a NaN rectangle is not, which
+// used to leave unwritten sort keys behind. A zero quaternion is *not* culled: it reads as the identity
+// rotation (the quaternion is used as given, like upstream).
+GT_HD bool inputs_finite(const RasterInputs& in, int64_t g) {
+  bool ok = all_finite(in.mean(g), 3) && finitef(in.opacity(g));
+  if (in.cov3d) {
+    ok = ok && all_finite(in.cov(g), 6);
+  } else {
+    ok = ok && all_finite(in.scale(g), 3) && all_finite(in.rotation(g), 4);
+  }
+  if (in.colors) ok = ok && all_finite(in.color(g), 3);
+  return ok;  // (SH coefficients: tested through their sum in sh_to_color, see preprocess_instance)
+}
+
+GT_HD void preprocess_instance(const RasterInputs& in, const GeomState& st, int64_t g) {
+  const int b = (int)(g / in.N);
+  const float* cam = in.cams + (int64_t)b * kCamStride;
   const float* view = cam + kCamView;
   const float* proj = cam + kCamProj;
   st.radii[g] = 0;
   st.tiles_touched[g] = 0;
+  st.extents[2 * g + 0] = st.extents[2 * g + 1] = -1;
+  if (!inputs_finite(in, g)) return;
 
-  const Vec3 p = load3(in.means3d + 3 * g);
+  const Vec3 p = load3(in.mean(g));
   const Vec3 t = transform_point_4x3(view, p);
+  if (!(finitef(t.x) && finitef(t.y) && finitef(t.z))) return;
   if (!in.prefiltered && t.z <= kNearCull) return;
 
   Sym3 S;
   if (in.cov3d) {
-    for (int k = 0; k < 6; ++k) S.m[k] = in.cov3d[6 * g + k];
+    for (int k = 0; k < 6; ++k) S.m[k] = in.cov(g)[k];
   } else {
-    S = compute_cov3d(load3(in.scales + 3 * g), in.scale_modifier, load4(in.rotations + 4 * g));
+    S = compute_cov3d(load3(in.scale(g)), in.scale_modifier, load4(in.rotation(g)));
   }
   const float fx = cam_fx(cam, in.W), fy = cam_fy(cam, in.H);
   EwaJacobian J = ewa_jacobian(t, fx, fy, cam[kCamTanX], cam[kCamTanY]);
@@ -106,21 +159,36 @@ GT_HD void preprocess_instance(const RasterInputs& in, const GeomState& st, int 
   ewa_T(J, view, T);
   const Cov2d c2 = project_cov(S, T);
   const float det = c2.a * c2.c - c2.b * c2.b;
-  if (det == 0.f) return;
+  if (!(det > 0.f && c2.a > 0.f)) return;  // not positive definite (or NaN)
   const Conic con = invert_cov2d(c2, det);
   const Projected pm = project_mean(proj, p, in.W, in.H);
   const float radius = splat_radius(c2, det);
+  if (!(radius > 0.f) || !(finitef(con.A) && finitef(con.B) && finitef(con.C)) ||
+      !(finitef(pm.pix.x) && finitef(pm.pix.y)))
+    return;
   int rmin[2], rmax[2];
   tile_rect(pm.pix, (int)radius, in.grid_x(), in.grid_y(), rmin, rmax);
-  const int area = (rmax[0] - rmin[0]) * (rmax[1] - rmin[1]);
-  if (area <= 0) return;
+  // Both extents must be positive: two negative extents would give a positive area.
+  if (rmax[0] <= rmin[0] || rmax[1] <= rmin[1]) return;
+  // The tiles it is listed in: the opacity-aware rectangle inside the 3-sigma one (same pixels drawn).
+  int rx, ry;
+  tile_extents(c2, in.opacity(g), radius, &rx, &ry);
+  st.extents[2 * g + 0] = rx;
+  st.extents[2 * g + 1] = ry;
+  int area = 0;
+  if (rx >= 0 && ry >= 0) {
+    tile_rect_xy(pm.pix, rx, ry, in.grid_x(), in.grid_y(), rmin, rmax);
+    area = rmax[0] > rmin[0] && rmax[1] > rmin[1] ? (rmax[0] - rmin[0]) * (rmax[1] - rmin[1]) : 0;
+  }
 
   bool clamped[3] = {false, false, false};
   Vec3 rgb;
   if (in.colors) {
-    rgb = load3(in.colors + 3 * g);
+    rgb = load3(in.color(g));
   } else {
-    rgb = sh_to_color(in.sh_degree, in.shs + (size_t)g * in.sh_coeffs * 3, p, load3(cam + kCamPos), clamped);
+    bool finite;
+    rgb = sh_to_color(in.sh_degree, in.sh(g), p, load3(cam + kCamPos), clamped, &finite);
+    if (!finite) return;  // a non-finite active SH coefficient (nothing stored yet but the extents)
   }
   st.radii[g] = (int)radius;
   st.tiles_touched[g] = area;
@@ -129,7 +197,7 @@ GT_HD void preprocess_instance(const RasterInputs& in, const GeomState& st, int 
   st.conic_opacity[4 * g + 0] = con.A;
   st.conic_opacity[4 * g + 1] = con.B;
   st.conic_opacity[4 * g + 2] = con.C;
-  st.conic_opacity[4 * g + 3] = in.opacities[g];
+  st.conic_opacity[4 * g + 3] = in.opacity(g);
   st.rgb[3 * g + 0] = rgb.x;
   st.rgb[3 * g + 1] = rgb.y;
   st.rgb[3 * g + 2] = rgb.z;
@@ -238,13 +306,14 @@ GT_HD bool pixel_back_step(PixelBack* pb, const Splat& s, const float* rgb, floa
 
 // ---------------------------------------------------------------------------------------------------
 // 4b. Preprocess VJP of one instance: from the accumulated per-instance gradients to the inputs.
-GT_HD void preprocess_backward_instance(const RasterInputs& in, const GeomState& st, const RasterGrads& gr, int g) {
-  if (st.radii[g] <= 0) return;  // outputs were zero-initialised
-  const int b = g / in.N;
-  const float* cam = in.cams + b * kCamStride;
+GT_HD void preprocess_backward_instance(const RasterInputs& in, const GeomState& st, const RasterGrads& gr,
+                                        int64_t g) {
+  if (st.radii[g] <= 0) return;  // culled: outputs were zero-initialised
+  const int b = (int)(g / in.N);
+  const float* cam = in.cams + (int64_t)b * kCamStride;
   const float* view = cam + kCamView;
   const float* proj = cam + kCamProj;
-  const Vec3 p = load3(in.means3d + 3 * g);
+  const Vec3 p = load3(in.mean(g));
   const Vec3 t = transform_point_4x3(view, p);
   Sym3 S;
   for (int k = 0; k < 6; ++k) S.m[k] = st.cov3d[6 * g + k];
@@ -281,8 +350,8 @@ GT_HD void preprocess_backward_instance(const RasterInputs& in, const GeomState&
     gr.v_colors[3 * g + 2] = v_rgb.z;
   } else {
     const bool clamped[3] = {st.clamped[3 * g] != 0, st.clamped[3 * g + 1] != 0, st.clamped[3 * g + 2] != 0};
-    const size_t off = (size_t)g * in.sh_coeffs * 3;
-    const Vec3 v_dir = vjp_sh_to_color(in.sh_degree, in.shs + off, p, load3(cam + kCamPos), clamped, v_rgb,
+    const int64_t off = g * in.sh_coeffs * 3;
+    const Vec3 v_dir = vjp_sh_to_color(in.sh_degree, in.sh(g), p, load3(cam + kCamPos), clamped, v_rgb,
                                        gr.v_shs + off);
     v_p.x += v_dir.x;
     v_p.y += v_dir.y;
@@ -299,7 +368,7 @@ GT_HD void preprocess_backward_instance(const RasterInputs& in, const GeomState&
   } else {
     Vec3 v_s;
     Vec4 v_q;
-    vjp_compute_cov3d(load3(in.scales + 3 * g), in.scale_modifier, load4(in.rotations + 4 * g), v_S, &v_s, &v_q);
+    vjp_compute_cov3d(load3(in.scale(g)), in.scale_modifier, load4(in.rotation(g)), v_S, &v_s, &v_q);
     gr.v_scales[3 * g + 0] = v_s.x;
     gr.v_scales[3 * g + 1] = v_s.y;
     gr.v_scales[3 * g + 2] = v_s.z;

@@ -3,13 +3,14 @@
 //
 // Scheduling differs from the GPU on purpose: a CUDA block walks each pixel through the whole tile list,
 // while here one thread takes a tile and walks the *splats* of its list in depth order, touching only the
-// pixels inside the splat's exact support (the ellipse where alpha >= 1/255, plus a 1-pixel margin). Every
+// pixels inside the splat's exact support (the ellipse where alpha >= kMinAlpha, plus a 1-pixel margin). Every
 // pixel still sees the same splats in the same order with the same per-pixel tests, so the pixels are
 // identical; the work drops from (pixels x list length) to (pixels actually covered).
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 
 #include <algorithm>
+#include <cstdint>
 #include <numeric>
 #include <vector>
 
@@ -47,15 +48,15 @@ PixRect tile_pixels(const RasterInputs& in, int tile) {
   return {tx * kTileX, ty * kTileY, std::min(in.W, (tx + 1) * kTileX), std::min(in.H, (ty + 1) * kTileY)};
 }
 
-// The support of a splat: the pixels where it can reach alpha >= 1/255, i.e. o * exp(-q/2) >= 1/255 with
-// q = d^T Conic d, i.e. q <= 2 ln(255 o): an ellipse. It is enlarged slightly (q bound + 0.01, one pixel
+// The support of a splat: the pixels where it can reach alpha >= kMinAlpha, i.e. o * exp(-q/2) >= kMinAlpha
+// with q = d^T Conic d, i.e. q <= 2 ln(o / kMinAlpha): an ellipse. It is enlarged slightly (q bound + 0.01, one pixel
 // each side) so that float rounding can never exclude a pixel the exact per-pixel test would accept; the
 // per-pixel test still decides. Iterated row by row, each row clipped to the ellipse's chord.
 struct Support {
   bool empty = true;
   bool whole = false;   // degenerate conic: scan the whole rectangle
   float A, B, C, det, q, mx, my;
-  float min_power = -3.4e38f;  // below this power alpha < 1/255 for sure: skip without exp()
+  float min_power = -3.4e38f;  // below this power alpha < kMinAlpha for sure: skip without exp()
   int y0, y1;
   // Pixel columns [x0, x1) of row y that can be inside the support, clipped to rect r.
   void row(int y, const PixRect& r, int* x0, int* x1) const {
@@ -79,7 +80,7 @@ struct Support {
 Support splat_support(const Splat& s, const PixRect& r) {
   Support out;
   const float o = s.co.w;
-  if (o * 255.f < 1.f) return out;
+  if (o < kMinAlpha) return out;  // alpha = min(0.99, o exp(power)) <= o: never drawn
   out.A = s.co.x;
   out.B = s.co.y;
   out.C = s.co.z;
@@ -93,7 +94,7 @@ Support splat_support(const Splat& s, const PixRect& r) {
     out.y1 = r.y1;
     return out;
   }
-  out.q = 2.f * std::log(255.f * o) + 0.01f;
+  out.q = 2.f * std::log(o / kMinAlpha) + 0.01f;
   out.min_power = -0.5f * out.q;
   const float ey = std::sqrt(out.q * out.A / out.det);
   out.y0 = std::max(r.y0, (int)std::floor(out.my - ey));
@@ -138,6 +139,9 @@ static at::Tensor bin_cpu(const RasterInputs& in, const GeomState& st, int* rang
     for (int i = 0; i < in.N; ++i) s += st.tiles_touched[b * in.N + i];
     cam_offset[b + 1] = cam_offset[b] + s;
   }
+  // point_list entries and tile ranges are int32 (as on the GPU).
+  TORCH_CHECK_VALUE(cam_offset[in.B] <= INT32_MAX, "the rasterizer's tile lists would have ", cam_offset[in.B],
+                    " entries, more than the 2^31 - 1 it can index; render fewer Gaussians or cameras per call");
   at::Tensor point_list = at::empty({(int64_t)cam_offset[in.B]}, at::dtype(at::kInt));
   int* list = point_list.data_ptr<int>();
 #pragma omp parallel for schedule(dynamic, 1) if (in.B > 1)
@@ -150,7 +154,7 @@ static at::Tensor bin_cpu(const RasterInputs& in, const GeomState& st, int* rang
     std::vector<int64_t> start(T + 1, 0);
     auto for_tiles = [&](int g, auto&& fn) {
       int rmin[2], rmax[2];
-      tile_rect({st.means2d[2 * g], st.means2d[2 * g + 1]}, st.radii[g], gx, gy, rmin, rmax);
+      if (!listed_tiles(st, g, gx, gy, rmin, rmax)) return;
       for (int y = rmin[1]; y < rmax[1]; ++y)
         for (int x = rmin[0]; x < rmax[0]; ++x) fn(y * gx + x);
     };
@@ -171,7 +175,7 @@ at::Tensor rasterize_fwd_cpu(const RasterInputs& in, const GeomState& st, const 
                                 float* out_color, float* out_depth, float* out_alpha) {
   const int64_t total = (int64_t)in.B * in.N;
 #pragma omp parallel for schedule(static)
-  for (int64_t g = 0; g < total; ++g) preprocess_instance(in, st, (int)g);
+  for (int64_t g = 0; g < total; ++g) preprocess_instance(in, st, g);
 
   at::Tensor point_list = bin_cpu(in, st, ranges);
   const int* list = point_list.data_ptr<int>();
@@ -314,7 +318,7 @@ void rasterize_bwd_cpu(const RasterInputs& in, const GeomState& st, const PixelS
 
   const int64_t total = (int64_t)in.B * in.N;
 #pragma omp parallel for schedule(static)
-  for (int64_t g = 0; g < total; ++g) preprocess_backward_instance(in, st, gr, (int)g);
+  for (int64_t g = 0; g < total; ++g) preprocess_backward_instance(in, st, gr, g);
 }
 
 }  // namespace gt

@@ -10,6 +10,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 
 #if defined(__CUDACC__)
 #define GT_HD __host__ __device__ __forceinline__
@@ -28,6 +29,10 @@ constexpr float kMaxAlpha = 0.99f;       // per-Gaussian alpha clamp
 constexpr float kMinAlpha = 1.0f / 255.0f;
 constexpr float kMinTransmittance = 1e-4f;
 constexpr float kFrustumGuard = 1.3f;    // the EWA Jacobian is evaluated at most 1.3x outside the frustum
+constexpr float kNdcEps = 1e-7f;         // added to clip-space w before the perspective division
+// Largest screen-space radius kept (pixels). A finite but enormous Gaussian would overflow the float ->
+// int conversion of its radius; 2^24 is exact in float and far beyond any image.
+constexpr float kMaxRadius = 16777216.0f;
 
 // Per-camera parameters packed as one row of floats, so that a batch of cameras is one [B, kCamStride]
 // tensor: viewmatrix (16, row-vector form), projmatrix (16), campos (3), tanfovx, tanfovy.
@@ -63,6 +68,29 @@ struct Mat3 {
 GT_HD Vec3 load3(const float* p) { return {p[0], p[1], p[2]}; }
 GT_HD Vec4 load4(const float* p) { return {p[0], p[1], p[2], p[3]}; }
 GT_HD float clampf(float v, float lo, float hi) { return v < lo ? lo : (v > hi ? hi : v); }
+GT_HD bool finitef(float v) {
+#if defined(__CUDA_ARCH__)
+  return isfinite(v);
+#else
+  return std::isfinite(v);
+#endif
+}
+GT_HD uint32_t float_bits(float v) {
+#if defined(__CUDA_ARCH__)
+  return __float_as_uint(v);
+#else
+  uint32_t u;
+  std::memcpy(&u, &v, sizeof(u));
+  return u;
+#endif
+}
+// True when the n floats at p are all finite (no NaN, no +-inf): no exponent field is all ones. Integer
+// tests without branches, so that the CPU compiler vectorises the loop (it runs over 48 SH values).
+GT_HD bool all_finite(const float* p, int n) {
+  uint32_t bad = 0;
+  for (int k = 0; k < n; ++k) bad |= (~float_bits(p[k]) & 0x7f800000u) == 0u;
+  return bad == 0u;
+}
 
 // A point through a 4x4 matrix in row-vector form: out_j = sum_k p_k M[k][j] + M[3][j].
 GT_HD Vec3 transform_point_4x3(const float* M, Vec3 p) {
@@ -94,7 +122,7 @@ struct Projected {
 };
 GT_HD Projected project_mean(const float* proj, Vec3 p, int W, int H) {
   Vec4 h = transform_point_4x4(proj, p);
-  float pw = 1.0f / (h.w + 1e-7f);
+  float pw = 1.0f / (h.w + kNdcEps);
   Projected out;
   out.ndc = {h.x * pw, h.y * pw};
   out.pix = {ndc2pix(out.ndc.x, W), ndc2pix(out.ndc.y, H)};
@@ -103,7 +131,7 @@ GT_HD Projected project_mean(const float* proj, Vec3 p, int W, int H) {
 // VJP w.r.t. the 3D mean, given dL/dndc (x, y).
 GT_HD Vec3 vjp_project_mean(const float* proj, Vec3 p, Vec2 v_ndc) {
   Vec4 h = transform_point_4x4(proj, p);
-  float pw = 1.0f / (h.w + 1e-7f);
+  float pw = 1.0f / (h.w + kNdcEps);
   Vec4 v_h = {v_ndc.x * pw, v_ndc.y * pw, 0.0f, -(v_ndc.x * h.x + v_ndc.y * h.y) * pw * pw};
   return vjp_transform_point_4x4(proj, v_h);
 }
@@ -305,12 +333,14 @@ GT_HD Cov2d vjp_invert_cov2d(Cov2d c, Conic g) {
   return v;
 }
 
-// Screen-space radius: 3 sigma of the larger eigenvalue.
+// Screen-space radius: 3 sigma of the larger eigenvalue, capped at kMaxRadius. NaN when the covariance
+// is not finite (the caller culls every radius that is not > 0).
 GT_HD float splat_radius(Cov2d c, float det) {
   const float mid = 0.5f * (c.a + c.c);
   const float disc = sqrtf(fmaxf(0.1f, mid * mid - det));
   const float l1 = mid + disc, l2 = mid - disc;
-  return ceilf(3.f * sqrtf(fmaxf(l1, l2)));
+  const float r = ceilf(3.f * sqrtf(fmaxf(l1, l2)));
+  return r > kMaxRadius ? kMaxRadius : r;  // (fminf would turn a NaN into kMaxRadius)
 }
 
 // Tile rectangle [min, max) touched by a splat, clamped to the grid.
@@ -319,6 +349,31 @@ GT_HD void tile_rect(Vec2 p, int radius, int grid_x, int grid_y, int rmin[2], in
   rmin[1] = (int)fminf((float)grid_y, fmaxf(0.f, floorf((p.y - radius) / kTileY)));
   rmax[0] = (int)fminf((float)grid_x, fmaxf(0.f, floorf((p.x + radius + kTileX - 1) / kTileX)));
   rmax[1] = (int)fminf((float)grid_y, fmaxf(0.f, floorf((p.y + radius + kTileY - 1) / kTileY)));
+}
+
+// Tile rectangle of a splat with per-axis half extents (pixels).
+GT_HD void tile_rect_xy(Vec2 p, int rx, int ry, int grid_x, int grid_y, int rmin[2], int rmax[2]) {
+  rmin[0] = (int)fminf((float)grid_x, fmaxf(0.f, floorf((p.x - rx) / kTileX)));
+  rmin[1] = (int)fminf((float)grid_y, fmaxf(0.f, floorf((p.y - ry) / kTileY)));
+  rmax[0] = (int)fminf((float)grid_x, fmaxf(0.f, floorf((p.x + rx + kTileX - 1) / kTileX)));
+  rmax[1] = (int)fminf((float)grid_y, fmaxf(0.f, floorf((p.y + ry + kTileY - 1) / kTileY)));
+}
+
+// Opacity-aware half extents of the tiles a splat is listed in. A splat can only be drawn where
+// o * exp(-q/2) >= kMinAlpha, q = d^T conic d, i.e. inside the ellipse q <= 2 ln(o / kMinAlpha), whose
+// bounding box has half widths sqrt(q_max * a) and sqrt(q_max * c) (a, c: the 2D covariance's diagonal).
+// A margin (0.01 on q_max, one pixel on the extents, which tile_rect's rounding needs) keeps every pixel the
+// per-pixel test accepts; the 3-sigma radius stays the upper bound. So the drawn pixels are those of the
+// 3-sigma rule, with fewer tile entries for faint or elongated splats (-1: not listed in any tile).
+constexpr float kSupportMargin = 0.01f;
+GT_HD void tile_extents(Cov2d c, float opacity, float radius, int* rx, int* ry) {
+  if (!(opacity >= kMinAlpha)) {
+    *rx = *ry = -1;
+    return;
+  }
+  const float q = 2.f * logf(opacity / kMinAlpha) + kSupportMargin;
+  *rx = (int)fminf(radius, ceilf(sqrtf(q * c.a)) + 1.f);
+  *ry = (int)fminf(radius, ceilf(sqrtf(q * c.c)) + 1.f);
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -380,8 +435,10 @@ GT_HD void sh_basis(int deg, Vec3 d, float Y[16], Vec3 dY[16]) {
 }
 
 // RGB from SH coefficients `sh` ([K, 3], K >= (deg+1)^2) seen from `campos`: SH(d) + 0.5, clamped at 0.
-// `clamped[c]` records which channels were clamped (they pass no gradient).
-GT_HD Vec3 sh_to_color(int deg, const float* sh, Vec3 pos, Vec3 campos, bool clamped[3]) {
+// `clamped[c]` records which channels were clamped (they pass no gradient). `*finite` tells whether the
+// sum before the clamp was finite: false exactly when an active coefficient is NaN or infinite (or the sum
+// overflows), which the caller culls; testing the sum spares a second pass over the 48 coefficients.
+GT_HD Vec3 sh_to_color(int deg, const float* sh, Vec3 pos, Vec3 campos, bool clamped[3], bool* finite) {
   Vec3 v = {pos.x - campos.x, pos.y - campos.y, pos.z - campos.z};
   const float inv = 1.f / sqrtf(v.x * v.x + v.y * v.y + v.z * v.z);
   Vec3 d = {v.x * inv, v.y * inv, v.z * inv};
@@ -391,6 +448,7 @@ GT_HD Vec3 sh_to_color(int deg, const float* sh, Vec3 pos, Vec3 campos, bool cla
   float rgb[3] = {0.5f, 0.5f, 0.5f};
   for (int k = 0; k < K; ++k)
     for (int c = 0; c < 3; ++c) rgb[c] += Y[k] * sh[3 * k + c];
+  *finite = all_finite(rgb, 3);
   for (int c = 0; c < 3; ++c) {
     clamped[c] = rgb[c] < 0.f;
     rgb[c] = clamped[c] ? 0.f : rgb[c];

@@ -2,8 +2,12 @@
 
 No tiles, no sorting tricks, no hand-written derivatives: every Gaussian is evaluated at every pixel and
 autograd does the backward pass. Slow (memory grows as pixels x Gaussians) and obviously correct. It keeps
-the kernels' discrete rules exactly: near-plane and tile-rectangle culling, the 1/255 alpha skip, the 0.99
-clamp and the 1e-4 transmittance stop. Works in float32 and float64 (for gradcheck).
+the kernels' discrete rules exactly: the culling rule (near plane, non-finite input, a 2D covariance that is
+not positive definite, radius, empty tile rectangle), the 1/255 alpha skip, the 0.99 clamp and the 1e-4
+transmittance stop. Works in float32 and float64 (for gradcheck).
+
+The constants below are the kernels' (csrc/rasterize_math.h); the extension reports its own through
+``_C.constants()`` and a test ties the two, so they cannot drift apart.
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ MAX_ALPHA = 0.99
 MIN_ALPHA = 1.0 / 255.0
 MIN_T = 1e-4
 FRUSTUM_GUARD = 1.3
+NDC_EPS = 1e-7
+MAX_RADIUS = 2.0 ** 24
 
 SH_C0 = 0.28209479177387814
 SH_C1 = 0.4886025119029199
@@ -104,50 +110,93 @@ def _render_camera(b: Batch, k: int, H: int, W: int, sh_degree: int, modifier: f
     """Dense rendering of camera k of the batch. Returns color [3,H,W], radii [N], depth [1,H,W], alpha."""
     view, proj, campos = b.viewmatrix[k], b.projmatrix[k], b.campos[k]
     tanx, tany = b.tanfov[k, 0], b.tanfov[k, 1]
-    means3D = b.means3D[k]
-    N = means3D.shape[0]
-    dt, dev = means3D.dtype, means3D.device
+    N = b.means3D.shape[1]
+    dt, dev = b.means3D.dtype, b.means3D.device
+    # Rows with a non-finite input are culled. They are replaced by harmless values before any arithmetic,
+    # so that no NaN reaches autograd (a masked NaN still poisons the backward pass: 0 * NaN = NaN).
+    n_sh = (sh_degree + 1) ** 2
+    attrs = {"means3D": b.means3D[k], "opacities": b.opacities[k],
+             "scales": None if b.scales is None else b.scales[k],
+             "rotations": None if b.rotations is None else b.rotations[k],
+             "cov3D": None if b.cov3D is None else b.cov3D[k],
+             "colors": None if b.colors is None else b.colors[k],
+             "shs": None if b.shs is None else b.shs[k]}
+    with torch.no_grad():
+        finite = torch.ones(N, dtype=torch.bool, device=dev)
+        for name, x in attrs.items():
+            if x is not None and not (name in ("scales", "rotations") and b.cov3D is not None):
+                x = x[:, :n_sh] if name == "shs" else x
+                finite &= torch.isfinite(x).flatten(1).all(-1)
+    harmless = {"means3D": 0.0, "opacities": 0.5, "scales": 1.0, "rotations": 0.5, "cov3D": 1.0, "colors": 0.0,
+                "shs": 0.0}
+    a_ = {n: None if x is None else torch.where(finite.view(-1, *([1] * (x.dim() - 1))), x,
+                                                torch.full_like(x, harmless[n]))
+          for n, x in attrs.items()}
+    means3D = a_["means3D"]
     fx, fy = W / (2 * tanx), H / (2 * tany)
 
     ph = torch.cat([means3D, torch.ones_like(means3D[:, :1])], dim=-1)
     t = ph @ view[:, :3]
     hom = ph @ proj
-    ndc = hom[:, :2] / (hom[:, 3:4] + 1e-7)
+    ndc = hom[:, :2] / (hom[:, 3:4] + NDC_EPS)
     if b.means2D is not None:
         ndc = ndc + b.means2D[k][:, :2]  # the screen-space gradient hook
     pix = ((ndc + 1) * torch.tensor([W, H], dtype=dt, device=dev) - 1) * 0.5
 
-    cov3d = _sym_from_upper(b.cov3D[k]) if b.cov3D is not None else _compute_cov3d(b.scales[k], b.rotations[k], modifier)
+    cov3d = (_sym_from_upper(a_["cov3D"]) if b.cov3D is not None
+             else _compute_cov3d(a_["scales"], a_["rotations"], modifier))
+    # Finite scales can still overflow the covariance (the kernels then see a non-finite 2D covariance).
+    with torch.no_grad():
+        finite_cov = torch.isfinite(cov3d).flatten(1).all(-1)
+        finite = finite & finite_cov
+    cov3d = torch.where(finite_cov.view(-1, 1, 1), cov3d, torch.eye(3, dtype=dt, device=dev).expand_as(cov3d))
     # Culled Gaussians still go through the math (masked out below); keep their z away from 0.
-    visible_z = (t[:, 2] > NEAR_CULL) | prefiltered
+    visible_z = finite & torch.isfinite(t).all(-1) & ((t[:, 2] > NEAR_CULL) | prefiltered)
     t_safe = torch.where(visible_z.unsqueeze(-1), t, torch.ones_like(t))
     cov2 = _project_cov2d(t_safe, cov3d, view, fx, fy, tanx, tany)
     a, bb, c = cov2[:, 0, 0], cov2[:, 0, 1], cov2[:, 1, 1]
     det = a * c - bb * bb
-    det_safe = torch.where(det != 0, det, torch.ones_like(det))
+    pos_def = (det > 0) & (a > 0)
+    det_safe = torch.where(pos_def, det, torch.ones_like(det))
     conA, conB, conC = c / det_safe, -bb / det_safe, a / det_safe
 
     with torch.no_grad():
         mid = 0.5 * (a + c)
         disc = torch.sqrt(torch.clamp_min(mid * mid - det, 0.1))
         radius = torch.ceil(3 * torch.sqrt(torch.maximum(mid + disc, mid - disc)))
+        radius = torch.where(radius > MAX_RADIUS, torch.full_like(radius, MAX_RADIUS), radius)
+        finite_2d = (torch.isfinite(pix).all(-1) & torch.isfinite(conA) & torch.isfinite(conB)
+                     & torch.isfinite(conC))
+        ok = visible_z & pos_def & (radius > 0) & finite_2d
         gx, gy = (W + TILE - 1) // TILE, (H + TILE - 1) // TILE
-        lo, hi = _tile_rect(pix.detach(), radius, gx, gy)
-        area = (hi[:, 0] - lo[:, 0]) * (hi[:, 1] - lo[:, 1])
-        valid = visible_z & (det != 0) & (area > 0)
+        lo, hi = _tile_rect(torch.where(ok.unsqueeze(-1), pix.detach(), torch.zeros_like(pix)),
+                            torch.where(ok, radius, torch.zeros_like(radius)), gx, gy)
+        # both extents positive (two negative extents would make a positive area)
+        valid = ok & (hi[:, 0] > lo[:, 0]) & (hi[:, 1] > lo[:, 1])
         radii = torch.where(valid, radius, torch.zeros_like(radius)).to(torch.int32)
+    # Culled rows: a zero conic and mean keep exp(power) finite there (an inf would poison the backward pass).
+    pix = torch.where(valid.unsqueeze(-1), pix, torch.zeros_like(pix))
+    conA, conB, conC = (torch.where(valid, x, torch.zeros_like(x)) for x in (conA, conB, conC))
 
     if b.colors is not None:
-        rgb = b.colors[k]
+        rgb = a_["colors"]
     else:
-        rgb = _sh_to_color(sh_degree, b.shs[k], means3D, campos)
+        rgb = _sh_to_color(sh_degree, a_["shs"], means3D, campos)
+        # The kernels test the SH sum before the clamp (non-finite exactly when a coefficient is, or on overflow).
+        with torch.no_grad():
+            d = means3D - campos
+            raw = (_sh_basis(sh_degree, d / d.norm(dim=-1, keepdim=True)).unsqueeze(-1)
+                   * b.shs[k][:, :n_sh]).sum(-2)
+            valid = valid & torch.isfinite(raw).all(-1)
+            radii = torch.where(valid, radii, torch.zeros_like(radii))
+        rgb = torch.where(valid.unsqueeze(-1), rgb, torch.zeros_like(rgb))
 
     # Dense per-pixel evaluation: [P, N]
     ys, xs = torch.meshgrid(torch.arange(H, device=dev), torch.arange(W, device=dev), indexing="ij")
     px, py = xs.reshape(-1, 1).to(dt), ys.reshape(-1, 1).to(dt)
     dx, dy = pix[:, 0].unsqueeze(0) - px, pix[:, 1].unsqueeze(0) - py
     power = -0.5 * (conA * dx * dx + conC * dy * dy) - conB * dx * dy
-    alpha = torch.minimum(b.opacities[k][:, 0] * torch.exp(power), torch.tensor(MAX_ALPHA, dtype=dt, device=dev))
+    alpha = torch.minimum(a_["opacities"][:, 0] * torch.exp(power), torch.tensor(MAX_ALPHA, dtype=dt, device=dev))
     with torch.no_grad():
         ptx, pty = (xs.reshape(-1, 1) // TILE), (ys.reshape(-1, 1) // TILE)
         in_rect = (ptx >= lo[:, 0]) & (ptx < hi[:, 0]) & (pty >= lo[:, 1]) & (pty < hi[:, 1])

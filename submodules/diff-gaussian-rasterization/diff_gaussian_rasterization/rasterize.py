@@ -38,19 +38,19 @@ def _f32(t: Optional[torch.Tensor], name: str, device: torch.device) -> torch.Te
 class _RasterizeGaussians(torch.autograd.Function):
     @staticmethod
     def forward(ctx, means3D, means2D, shs, colors, opacities, scales, rotations, cov3D, bg, cams, H, W,
-                sh_degree, scale_modifier, prefiltered):
+                sh_degree, scale_modifier, prefiltered, debug):
         ext = load_extension(_PKG)
         color, depth, alpha, radii, state = ext.rasterize_fwd(
             means3D, shs, colors, opacities, scales, rotations, cov3D, bg, cams, H, W, sh_degree,
-            scale_modifier, prefiltered)
-        ctx.config = (sh_degree, scale_modifier, prefiltered, len(state))
+            scale_modifier, prefiltered, debug)
+        ctx.config = (sh_degree, scale_modifier, prefiltered, debug, len(state))
         ctx.save_for_backward(means3D, shs, colors, opacities, scales, rotations, cov3D, bg, cams, radii, *state)
         ctx.mark_non_differentiable(radii)
         return color, depth, alpha, radii
 
     @staticmethod
     def backward(ctx, v_color, v_depth, v_alpha, _v_radii):
-        sh_degree, scale_modifier, prefiltered, n_state = ctx.config
+        sh_degree, scale_modifier, prefiltered, debug, n_state = ctx.config
         saved = ctx.saved_tensors
         means3D, shs, colors, opacities, scales, rotations, cov3D, bg, cams, radii = saved[:10]
         state = list(saved[10:10 + n_state])
@@ -61,7 +61,7 @@ class _RasterizeGaussians(torch.autograd.Function):
         ext = load_extension(_PKG)
         (v_means3D, v_means2D, v_shs, v_colors, v_opac, v_scales, v_rot, v_cov, v_bg) = ext.rasterize_bwd(
             means3D, shs, colors, opacities, scales, rotations, cov3D, bg, cams, sh_degree, scale_modifier,
-            prefiltered, radii, state, grad(v_color) if v_color is not None else torch.zeros_like(bg),
+            prefiltered, debug, radii, state, grad(v_color) if v_color is not None else torch.zeros_like(bg),
             grad(v_depth) if v_depth is not None else bg.new_zeros(bg.shape[0], 1, *bg.shape[2:]),
             grad(v_alpha) if v_alpha is not None else bg.new_zeros(bg.shape[0], 1, *bg.shape[2:]))
 
@@ -71,21 +71,35 @@ class _RasterizeGaussians(torch.autograd.Function):
         need = ctx.needs_input_grad
         return (opt(v_means3D, need[0]), opt(v_means2D, need[1]), opt(v_shs, need[2]), opt(v_colors, need[3]),
                 opt(v_opac, need[4]), opt(v_scales, need[5]), opt(v_rot, need[6]), opt(v_cov, need[7]),
-                opt(v_bg, need[8]), None, None, None, None, None, None)
+                opt(v_bg, need[8]), None, None, None, None, None, None, None)
 
 
-def _run_native(b: Batch, settings: GaussianRasterizationSettings) -> RasterizeResult:
+def _shared(t: Optional[torch.Tensor], given: Optional[torch.Tensor], B: int) -> Optional[torch.Tensor]:
+    """An attribute shared by the B cameras (a [B, N, ...] view with a zero batch stride) as its [N, ...] set:
+    the kernels read it for every camera instead of a B-fold copy, and return its gradient summed over them.
+    The caller's own [N, ...] tensor is passed when there is one (so autograd adds no select / expand pair)."""
+    if t is None or B == 1 or t.dim() < 2 or t.stride(0) != 0:
+        return t
+    return given if given is not None and given.dim() == t.dim() - 1 else t[0]
+
+
+def _run_native(b: Batch, settings: GaussianRasterizationSettings, given: dict) -> RasterizeResult:
+    """``given``: the caller's attribute tensors by Batch field name, before batching."""
     dev = b.means3D.device
     cams = pack_cameras(b.viewmatrix, b.projmatrix, b.campos, b.tanfov)
     # means2D only carries the screen-space gradient out; its value is not used (as in 3DGS).
     means2D = b.means2D if b.means2D is not None else torch.zeros(b.B, b.N, 3, device=dev)
+
+    def attr(name, label):
+        return _f32(_shared(getattr(b, name), given.get(name), b.B), label, dev)
+
     color, depth, alpha, radii = _RasterizeGaussians.apply(
-        _f32(b.means3D, "means3D", dev), _f32(means2D, "means2D", dev), _f32(b.shs, "shs", dev),
-        _f32(b.colors, "colors_precomp", dev), _f32(b.opacities, "opacities", dev), _f32(b.scales, "scales", dev),
-        _f32(b.rotations, "rotations", dev), _f32(b.cov3D, "cov3D_precomp", dev), _f32(b.bg, "bg", dev),
+        attr("means3D", "means3D"), _f32(means2D, "means2D", dev), attr("shs", "shs"),
+        attr("colors", "colors_precomp"), attr("opacities", "opacities"), attr("scales", "scales"),
+        attr("rotations", "rotations"), attr("cov3D", "cov3D_precomp"), _f32(b.bg, "bg", dev),
         cams.to(dev), int(settings.image_height), int(settings.image_width),
         int(settings.sh_degree) if b.shs is not None else 0, float(settings.scale_modifier),
-        bool(settings.prefiltered))
+        bool(settings.prefiltered), bool(settings.debug))
     return RasterizeResult(color, radii, depth, alpha)
 
 
@@ -112,7 +126,9 @@ def rasterize_gaussians(
     """
     b = normalize_inputs(settings, means3D, means2D, opacities, shs, colors_precomp, scales, rotations,
                          cov3D_precomp)
-    return unbatch(_run_native(b, settings), b.batched)
+    given = {"means3D": means3D, "opacities": opacities, "shs": shs, "colors": colors_precomp, "scales": scales,
+             "rotations": rotations, "cov3D": cov3D_precomp}
+    return unbatch(_run_native(b, settings, given), b.batched)
 
 
 class GaussianRasterizer(torch.nn.Module):

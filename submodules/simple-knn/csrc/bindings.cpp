@@ -4,17 +4,23 @@
 
 #include "knn.h"
 #ifdef WITH_CUDA
+#include <c10/cuda/CUDAGuard.h>
+
 #include "gt_build_config.h"
 #endif
 
 namespace {
 
 torch::Tensor dist_cuda2(const torch::Tensor& points) {
-  TORCH_CHECK(points.dim() == 2 && points.size(1) == 3, "points must have shape [N, 3], got ", points.sizes());
-  TORCH_CHECK(points.scalar_type() == torch::kFloat32, "points must be float32, got ", points.scalar_type());
-  auto pts = points.contiguous();
+  TORCH_CHECK_VALUE(points.dim() == 2 && points.size(1) == 3, "points must have shape [N, 3], got ",
+                    points.sizes());
+  TORCH_CHECK_VALUE(points.scalar_type() == torch::kFloat32, "points must be float32, got ", points.scalar_type());
+  TORCH_CHECK_VALUE(points.is_cpu() || points.is_cuda(), "points must be on the CPU or a CUDA device, got ",
+                    points.device());
+  auto pts = points.contiguous();  // views (slices, transposes) are accepted
   if (pts.is_cuda()) {
 #ifdef WITH_CUDA
+    const c10::cuda::CUDAGuard guard(pts.device());  // launch on the points' GPU, not the current one
     return gt_knn::mean_sq_dist3_cuda(pts);
 #else
     TORCH_CHECK(false, "simple_knn was built without CUDA; move the points to the CPU or rebuild with nvcc");
