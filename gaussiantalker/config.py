@@ -158,6 +158,10 @@ class ModelHiddenParams:
     """Keep training the tri-plane planes in the fine stage."""
     pos_emb: bool = False
     """Accepted for compatibility; no effect."""
+    cam_token: bool = True
+    """Ours: False leaves the camera out of the attention's tokens (its token is zero). The camera changes with every
+    frame, so it lets the network explain each training frame's mouth by its pose instead of its sound; a
+    talking head seen from the front needs little view-dependent deformation."""
     lip_code_dim: int = 0
     """Ours: 0 = the original's audio token. K > 0 (at most 8): the audio encoder predicts a K-component lip code,
     taught by the tracked mouth landmarks of every training frame, and the attention's first token encodes that

@@ -88,6 +88,7 @@ class GaussianTalkerModel(nn.Module):
         self.null_token = nn.Parameter(torch.randn(1, 1, h.d_model))
         self.attention = SpatialAudioAttention(h.d_model, h.n_head, h.ffn_hidden, h.n_layer, h.drop_prob)
         # Lip-code models: audio -> predicted lip code (taught by the tracked landmarks), code -> the first token.
+        self.cam_token = bool(h.cam_token)
         self.lip_dim = int(h.lip_code_dim)
         if self.lip_dim:
             self.lip_predictor = nn.Sequential(nn.ReLU(), nn.Dropout(0.3), nn.Linear(h.d_model, self.lip_dim))
@@ -274,7 +275,7 @@ class GaussianTalkerModel(nn.Module):
         else:
             audio, _ = self.audio_encoder(cond.audio)
         eye = self.eye_encoder(cond.eye)
-        cam = self.cam_encoder(cond.cam)
+        cam = self.cam_encoder(cond.cam if self.cam_token else torch.zeros_like(cond.cam))  # bias-free: 0 -> 0
         null = self.null_token.expand(cond.batch_size, 1, -1)
         return torch.cat([audio.unsqueeze(1), eye.unsqueeze(1), cam.unsqueeze(1), null], dim=1)
 
