@@ -728,6 +728,7 @@ class TalkingHeadSplit(torch.utils.data.Dataset):
         self.data = data
         self.name = name
         self.img_ids: list[int] = list(transforms.img_ids)
+        self.aud_ids: list[int] = list(transforms.aud_ids)
         m = data.audio.shape[0]
         aud = torch.tensor([min(a, m - 1) for a in transforms.aud_ids], dtype=torch.long)
         self.audio = data.audio[aud]  # [n, 16, D], the split's audio sequence (reference §3.2)

@@ -63,3 +63,40 @@ def test_rendered_mouth_follows_new_audio(tmp_path):
     print(f"Pearson with audio {r_audio:.3f}, audio token zeroed {r_silent:.3f}")
     assert r_audio > 0.7, (r_audio, r_silent)
     assert abs(r_silent) < 0.5, (r_audio, r_silent)
+
+
+def test_cpu_small_lip_code_learns_at_the_preset_rates(tmp_path):
+    """cpu_small's lip-code path at its own learning rates (no raised rates, unlike the test above): new audio
+    drives the rendered mouth through the predicted lip code; with the code's token zeroed it does not."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        clip = make_synthetic_dataset(tmp_path / "data" / "talk", num_frames=132, size=SIZE, num_points=400)
+        novel = make_synthetic_dataset(tmp_path / "novel", num_frames=66, size=SIZE, num_points=10, seed=1)
+        preset = load_config("cpu_small")
+        assert preset.hidden.lip_code_dim > 0
+        # Shorter stages and a smaller tri-plane for a 64-pixel subject; every learning rate is cpu_small's.
+        cfg = load_config("cpu_small", kplanes_config={"output_coordinate_dim": 16, "resolution": [16, 16, 16]},
+                          d_model=32, coarse_iterations=60, iterations=400, densify_until_iter=0, resolution=-1,
+                          max_points=0, checkpoint_every=0, tensorboard=False, preview_every=0)
+        for key in ("deformation_lr_init", "deformation_lr_final", "grid_lr_init", "lip_code_lr", "feature_lr"):
+            assert getattr(cfg.optimization, key) == getattr(preset.optimization, key), key
+        model = train(clip, config=cfg, device="cpu", progress=False)
+        loaded = load_model(model.path).model
+        assert loaded.lip_dim == preset.hidden.lip_code_dim
+
+        train_split = TalkingHeadData.open(clip).split("train")
+        windows = TalkingHeadData.open(novel).audio
+        n = windows.shape[0]
+        batch = collate([train_split[k % len(train_split)] for k in range(n)])
+        audio = audio_context(windows, torch.arange(n))
+        energy = synthetic_energy(novel)[:n]
+        r_audio = np.corrcoef(_mouth_darkness(loaded, audio, batch), energy)[0, 1]
+        hook = loaded.lip_encoder.register_forward_hook(lambda m, i, out: torch.zeros_like(out))
+        r_silent = np.corrcoef(_mouth_darkness(loaded, audio, batch), energy)[0, 1]
+        hook.remove()
+    finally:
+        torch.set_num_threads(threads)
+    print(f"cpu_small: Pearson with audio {r_audio:.3f}, lip token zeroed {r_silent:.3f}")
+    assert r_audio > 0.7, (r_audio, r_silent)
+    assert abs(r_silent) < 0.5, (r_audio, r_silent)

@@ -124,6 +124,7 @@ class Trainer:
         self.optimizer: torch.optim.Optimizer | None = None
         self.lip_optimizer: torch.optim.Optimizer | None = None
         self._lip_loss: torch.Tensor | None = None
+        self._bank: tuple[torch.Tensor, torch.Tensor] | None = None
         self.strategy: DensifyStrategy | None = None
 
     # ------------------------------------------------------------------ setup
@@ -195,6 +196,50 @@ class Trainer:
         hold = int(n * float(self.config.optimization.lip_code_holdout))
         return n - hold if stage == "coarse" and n - hold >= 8 else n
 
+    def _closed_code(self) -> torch.Tensor:
+        """``[K]``: the mean tracked code of the training frames whose mouth is most closed (opening at or below
+        its 10th percentile): the target for silence and noise."""
+        opening = self.data.mouth_opening[torch.tensor(self.train_split.img_ids)]
+        closed = opening <= torch.quantile(opening[torch.isfinite(opening)], 0.1)
+        return self.train_split.lips[closed, : self.model.lip_dim].mean(0)
+
+    def _lip_bank(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Extra (audio windows ``[M, 8, 16, D]``, codes ``[M, K]``) for the predictor, mfcc datasets only: the
+        training audio with white noise at 20 and 10 dB SNR (same codes), and noise alone or silence at several
+        levels (the closed-mouth code), so that other microphones and the pauses of other voices do not open
+        the mouth. Computed once (MFCC runs ~600x real time); None for other feature kinds or without aud.wav."""
+        if getattr(self, "_bank", None) is not None or not self.model.lip_dim:
+            return getattr(self, "_bank", None)
+        wav = Path(self.data.path) / "aud.wav"
+        if self.data.audio_kind != "mfcc" or not wav.is_file():
+            return None
+        from ..audio import extract_features, load_audio
+        from ..data import audio_context
+
+        samples = load_audio(wav)
+        rng = np.random.default_rng(int(self.config.optimization.seed))
+        split = self.train_split
+        aud = torch.tensor([min(a, self.data.audio.shape[0] - 1) for a in split.aud_ids], dtype=torch.long)
+        idx = torch.arange(len(split))
+        loud = float(np.sqrt(np.mean(samples.astype(np.float64) ** 2))) or 1e-3
+        windows, codes = [], []
+        for snr_db in (20.0, 10.0):
+            noisy = samples + rng.standard_normal(samples.shape).astype(np.float32) * loud * 10 ** (-snr_db / 20)
+            w = torch.from_numpy(extract_features(noisy, "mfcc", num_frames=self.data.num_frames).windows)
+            windows.append(audio_context(w[aud], idx))
+            codes.append(split.lips[:, : self.model.lip_dim])
+        frames = 50  # 2 s of each level
+        for level_db in (None, -70.0, -55.0, -40.0):
+            noise = np.zeros(frames * 640, np.float32) if level_db is None else \
+                rng.standard_normal(frames * 640).astype(np.float32) * 10 ** (level_db / 20)
+            w = torch.from_numpy(extract_features(noise, "mfcc", num_frames=frames).windows)
+            windows.append(audio_context(w, torch.arange(frames)))
+            codes.append(self._closed_code().expand(frames, -1))
+        self._bank = (torch.cat(windows), torch.cat(codes))
+        log.info("lip code: %d extra predictor samples (noisy speech, silence and noise -> closed mouth)",
+                 self._bank[0].shape[0])
+        return self._bank
+
     def _lip_step(self, stage: str) -> None:
         """One step of the audio -> lip-code regression on random training frames (MSE on the tracked codes,
         feature noise as augmentation). Seeded by the iteration, so a resumed run draws the same batches."""
@@ -204,10 +249,16 @@ class Trainer:
 
         o, model = self.config.optimization, self.model
         g = torch.Generator().manual_seed(int(o.seed) * 7_919 + self.state.global_iteration)
-        idx = torch.randint(0, self._lip_pool(stage), (int(o.lip_code_batch),), generator=g)
+        batch = int(o.lip_code_batch)
+        bank = self._lip_bank() if stage == "fine" else None  # the coarse stage leaves the tail for calibration
+        extra = batch // 4 if bank is not None else 0
+        idx = torch.randint(0, self._lip_pool(stage), (batch - extra,), generator=g)
         audio = audio_context(self.train_split.audio, idx)
-        audio = audio + 0.1 * torch.randn(audio.shape, generator=g)
         target = self.train_split.lips[idx, : model.lip_dim]
+        if extra:
+            pick = torch.randint(0, bank[0].shape[0], (extra,), generator=g)
+            audio, target = torch.cat([audio, bank[0][pick]]), torch.cat([target, bank[1][pick]])
+        audio = audio + 0.1 * torch.randn(audio.shape, generator=g)
         loss = (model.predict_lips(audio.to(self.device)) - target.to(self.device)).square().mean()
         self.lip_optimizer.zero_grad(set_to_none=True)
         loss.backward()
