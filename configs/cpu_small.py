@@ -46,6 +46,9 @@ OptimizationParams = dict(
     lip_weight=2.0,  # the lip-crop L1 at 5x the original's 0.4: the mouth is a small part of a 256 px frame
     depth_fine_tuning=True,
     canonical_tri_plane_factor_list=["opacity", "shs"],
+    # One more SH band every 500 iterations (1000 in the original): degree 1 from coarse 500, 2 from fine 500;
+    # never raised in the last half interval of a stage, where it would stay untrained.
+    sh_degree_interval=500,
     checkpoint_every=500,
     preview_every=250,
 )

@@ -207,6 +207,9 @@ class OptimizationParams:
     """Initial learning rate of the tri-plane planes (times the extent in the original's units)."""
     grid_lr_final: float = 0.00016
     """Final learning rate of the tri-plane planes (times the extent in the original's units)."""
+    sh_degree_interval: int = 1000
+    """Raise the active SH degree every this many iterations of a stage (the original's 1000), except in the last
+    half interval of a stage (a band raised there would be saved untrained)."""
     feature_lr: float = 0.0025
     """Learning rate of the SH DC coefficients (the rest use 1/20 of it)."""
     opacity_lr: float = 0.05

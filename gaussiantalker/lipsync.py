@@ -73,6 +73,7 @@ def pearson(a: np.ndarray, b: np.ndarray) -> float:
 def best_lag(a: np.ndarray, b: np.ndarray, max_lag: int = 4) -> tuple[int, float]:
     """The shift ``k`` in ``[-max_lag, max_lag]`` maximising ``pearson(a[t], b[t + k])`` and that value."""
     best = (0, pearson(a, b))
+    max_lag = min(int(max_lag), len(a) - 3)  # at least 3 overlapping frames
     for k in range(-max_lag, max_lag + 1):
         if k == 0:
             continue

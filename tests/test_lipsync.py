@@ -53,6 +53,7 @@ def test_pearson_lag_and_scores():
     lagged = np.roll(a, 2)  # b[t] = a[t - 2]: b is 2 frames later
     k, r = ls.best_lag(a, lagged)
     assert k == 2 and r > 0.99
+    assert ls.best_lag(a[:5], a[:5])[0] == 0  # short series: lags limited to keep 3 frames of overlap
     s = ls.lip_sync_scores(0.5 * a, a)
     assert s.pearson == pytest.approx(1.0) and s.amplitude_ratio == pytest.approx(0.5)
     with pytest.raises(ValueError):
