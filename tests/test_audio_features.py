@@ -260,10 +260,9 @@ def test_window_count_matches_extracted_frames_of_real_clips():
         audio = load_audio(clip)
         feats = extract_features(audio, kind="mfcc", num_frames=frames)
         assert feats.num_frames == frames
-        if clip.name != "video-retalking__1.mp4":  # constant frame rate: the rule alone agrees
-            assert frame_count(audio.size / 16000, 25) == frames, clip.name
-        else:  # variable frame rate: off by at most one, which num_frames absorbs
-            assert abs(frame_count(audio.size / 16000, 25) - frames) <= 1
+        # The audio stream may outlast the video stream by a few frames (DFRF's 30 fps clip: audio 50.43 s, video
+        # 50.32 s -> 1261 against 1258 frames; the variable-frame-rate clip: one); num_frames absorbs it.
+        assert abs(frame_count(audio.size / 16000, 25) - frames) <= 3, clip.name
 
 
 # --------------------------------------------------------------------------------------------------
