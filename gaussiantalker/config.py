@@ -270,6 +270,9 @@ class OptimizationParams:
     lip_code_noise: float = 0.1
     """Ours (lip-code models): std of the noise added to the tracked code the renderer is trained with (codes have
     unit variance), so that it tolerates the predicted codes' errors."""
+    lip_code_augment: bool = True
+    """Ours (lip-code models, mfcc features): the predictor also learns from the training audio with noise added and
+    from silence / noise alone (-> the closed mouth), a quarter of each fine-stage batch."""
     lip_code_holdout: float = 0.1
     """Ours (lip-code models): the last fraction of the training frames the predictor does not see in the coarse
     stage; its error there calibrates the amplitude of predicted codes (regression shrinks it)."""

@@ -208,6 +208,8 @@ class Trainer:
         training audio with white noise at 20 and 10 dB SNR (same codes), and noise alone or silence at several
         levels (the closed-mouth code), so that other microphones and the pauses of other voices do not open
         the mouth. Computed once (MFCC runs ~600x real time); None for other feature kinds or without aud.wav."""
+        if not self.config.optimization.lip_code_augment:
+            return None
         if getattr(self, "_bank", None) is not None or not self.model.lip_dim:
             return getattr(self, "_bank", None)
         wav = Path(self.data.path) / "aud.wav"
