@@ -1,4 +1,4 @@
-"""One-file models: :func:`export` a trained model to ``NAME.gtalk``, :func:`load_export` it anywhere.
+"""One-file models: :func:`export` a trained model to ``NAME.gtalk``, :func:`gaussiantalker.load` it anywhere.
 
 A model folder refers to its dataset by absolute path (the tracked poses, blinks and torso/background
 frames that rendering needs live there). An export carries all of it, so the file renders on another
@@ -57,7 +57,7 @@ GOP = 25
 FPS = 25
 
 __all__ = ["EXPORT_FORMAT", "EXPORT_VERSION", "ExportError", "ExportResult", "PackedData", "export",
-           "is_export", "load_export", "read_export"]
+           "is_export", "read_export"]
 
 
 class ExportError(ValueError):
@@ -132,13 +132,13 @@ def _encode_frames(frames, width: int, height: int, out: Path, crf: Optional[int
 
 
 def _model_source(model, iteration: Optional[int], workspace: Optional[PathLike]) -> tuple[Path, Optional[int]]:
-    from .infer import Talker, _resolve_model_dir
+    from .workspace import resolve_model_dir
 
-    if isinstance(model, Talker):
+    if hasattr(model, "model_dir") and hasattr(model, "compose"):  # a loaded Talker
         if getattr(model, "source", None) is not None:
             raise ValueError(f"{model.source} is already an export")
         return model.model_dir, iteration if iteration is not None else model.iteration
-    return _resolve_model_dir(getattr(model, "path", model), workspace), iteration
+    return resolve_model_dir(getattr(model, "path", model), workspace), iteration
 
 
 def export(model, out: PathLike, iteration: Optional[int] = None, workspace: Optional[PathLike] = None,
@@ -165,7 +165,7 @@ def export(model, out: PathLike, iteration: Optional[int] = None, workspace: Opt
 
     from . import __version__
     from .data import TalkingHeadData
-    from .infer import pose_track
+    from .render.poses import pose_track
     from .model.io import load_model
 
     st, _ = _safetensors()
@@ -401,19 +401,4 @@ def read_export(path: PathLike, device="cpu"):
     data = PackedData(p, meta, track["track.frame_ids"], track["track.c2w"], track["track.eye"], video)
     return loaded, data
 
-
-def load_export(path: PathLike, device="auto", assets: Optional[PathLike] = None, cache_mb: float = 512.0):
-    """A :class:`~gaussiantalker.infer.Talker` from an export file (see :func:`gaussiantalker.load`).
-
-    Renders go to ``<folder of the file>/<file stem>/renders/output.mp4`` unless ``out`` is given.
-    """
-    from .devices import resolve_device
-    from .infer import Talker
-
-    dev = resolve_device(device)
-    p = Path(path).expanduser().resolve()
-    loaded, data = read_export(p, device=dev)
-    talker = Talker(loaded, data, p.parent / p.stem, dev, assets, cache_mb)
-    talker.source = p
-    return talker
 

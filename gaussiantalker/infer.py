@@ -38,9 +38,9 @@ import torch
 from .devices import resolve_device
 from .fileio import atomic_write
 from .progress import Progress, ProgressCallback, eta
-from .render.poses import PoseSchedule, blend_c2w
+from .render.poses import PoseSchedule, blend_c2w, pose_track
 from .render.video import VideoEncoder, to_uint8
-from .workspace import DEFAULT_WORKSPACE, Workspace, validate_name
+from .workspace import resolve_model_dir
 
 log = logging.getLogger(__name__)
 
@@ -152,18 +152,6 @@ def run_batches(fn: Callable[[int, int], T], total: int, batch_size: int) -> Ite
 # loading
 
 
-def _resolve_model_dir(model, workspace: Optional[PathLike]) -> Path:
-    """A model folder or export file: an existing folder is that folder; a string with a path separator (or
-    a path object) is that path; a bare string is a model name inside ``<workspace>/output`` (or an export
-    file of that name in the current folder when the workspace has no such model)."""
-    p = Path(model).expanduser()
-    if p.is_dir() or not isinstance(model, str) or "/" in model or "\\" in model:
-        return p
-    named = Workspace.at(workspace if workspace is not None else DEFAULT_WORKSPACE).model_dir(validate_name(model))
-    # A bare name is the workspace's model; a file of that name here is an export only when there is none.
-    return p if p.is_file() and not named.is_dir() else named
-
-
 class _BackgroundCache:
     """LRU cache of ``[3, H, W]`` uint8 torso-over-background images, bounded in bytes."""
 
@@ -187,20 +175,6 @@ class _BackgroundCache:
                     _, old = self._items.popitem(last=False)
                     self._bytes -= old.numel()
         return img.float().div_(255.0)
-
-
-def pose_track(data) -> Tuple[List[int], Tensor, Tensor]:
-    """The pose sequence a :class:`Talker` follows: every tracked frame of ``data`` (train then val split),
-    ordered by frame id. Returns ``(img_ids [K], c2w [K, 4, 4] float32, eye [K] float32)``."""
-    refs = [(img_id, "train", k) for k, img_id in enumerate(data.train_ids)]
-    refs += [(img_id, "val", k) for k, img_id in enumerate(data.val_ids)]
-    refs.sort()
-    if not refs:
-        raise ValueError(f"dataset {data.path} has no frames")
-    splits = {"train": data.split("train"), "val": data.split("val")}
-    c2w = torch.stack([splits[name].c2w[k] for _, name, k in refs]).float()
-    eye = torch.stack([splits[name].eye[k] for _, name, k in refs]).float()
-    return [r[0] for r in refs], c2w, eye
 
 
 class Talker:
@@ -557,13 +531,17 @@ def load(model_dir, iteration: Optional[int] = None, device="auto", workspace: O
     from .model.io import load_model
 
     dev = resolve_device(device)
-    path = _resolve_model_dir(getattr(model_dir, "path", model_dir), workspace)
+    path = resolve_model_dir(getattr(model_dir, "path", model_dir), workspace)
     if path.is_file():  # a one-file export (gaussiantalker.export)
         if iteration is not None:
             raise ValueError(f"{path} is an export of one iteration: load it without iteration=")
-        from .export import load_export
+        from .export import read_export
 
-        return load_export(path, device=dev, assets=assets, cache_mb=cache_mb)
+        p = path.expanduser().resolve()
+        loaded, data = read_export(p, device=dev)
+        talker = Talker(loaded, data, p.parent / p.stem, dev, assets, cache_mb)
+        talker.source = p  # renders go to <folder of the file>/<file stem>/renders/ unless out= is given
+        return talker
     loaded = load_model(path, iteration=iteration, device=dev)
     _check_feature_kind(loaded.audio_kind, loaded.audio_dim, path, assets)
     ds = Path(loaded.dataset_path)

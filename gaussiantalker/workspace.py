@@ -88,4 +88,16 @@ def _children(folder: Path) -> List[str]:
     return sorted(p.name for p in folder.iterdir() if p.is_dir() and _NAME.match(p.name))
 
 
-__all__ = ["DEFAULT_WORKSPACE", "InvalidNameError", "Workspace", "name_from_path", "validate_name"]
+__all__ = ["DEFAULT_WORKSPACE", "InvalidNameError", "Workspace", "name_from_path", "resolve_model_dir", "validate_name"]
+
+
+def resolve_model_dir(model, workspace: "PathLike | None" = None) -> Path:
+    """A model folder or export file: an existing folder is that folder; a string with a path separator (or
+    a path object) is that path; a bare string is a model name inside ``<workspace>/output`` (or an export
+    file of that name in the current folder when the workspace has no such model)."""
+    p = Path(model).expanduser()
+    if p.is_dir() or not isinstance(model, str) or "/" in model or "\\" in model:
+        return p
+    named = Workspace.at(workspace if workspace is not None else DEFAULT_WORKSPACE).model_dir(validate_name(model))
+    # A bare name is the workspace's model; a file of that name here is an export only when there is none.
+    return p if p.is_file() and not named.is_dir() else named

@@ -28,7 +28,7 @@ Tensor = torch.Tensor
 
 POSE_MODES = ("track", "static")
 
-__all__ = ["POSE_MODES", "PoseSchedule", "blend_c2w", "matrix_from_quat", "quat_from_matrix"]
+__all__ = ["POSE_MODES", "PoseSchedule", "blend_c2w", "matrix_from_quat", "pose_track", "quat_from_matrix"]
 
 
 @dataclass(frozen=True)
@@ -161,3 +161,16 @@ def blend_c2w(a: Tensor, b: Tensor, w: Tensor) -> Tensor:
     out[full] = b[full]
     return out
 
+
+def pose_track(data) -> "tuple[list[int], torch.Tensor, torch.Tensor]":
+    """The pose sequence a :class:`Talker` follows: every tracked frame of ``data`` (train then val split),
+    ordered by frame id. Returns ``(img_ids [K], c2w [K, 4, 4] float32, eye [K] float32)``."""
+    refs = [(img_id, "train", k) for k, img_id in enumerate(data.train_ids)]
+    refs += [(img_id, "val", k) for k, img_id in enumerate(data.val_ids)]
+    refs.sort()
+    if not refs:
+        raise ValueError(f"dataset {data.path} has no frames")
+    splits = {"train": data.split("train"), "val": data.split("val")}
+    c2w = torch.stack([splits[name].c2w[k] for _, name, k in refs]).float()
+    eye = torch.stack([splits[name].eye[k] for _, name, k in refs]).float()
+    return [r[0] for r in refs], c2w, eye
