@@ -694,14 +694,16 @@ class _Formatter(logging.Formatter):
         return f"{PROG}: {level}{record.getMessage()}"
 
 
-def _configure_logging(args) -> logging.Handler:
-    """The CLI's log handler on the package logger (the library itself never configures logging)."""
+def _configure_logging(args) -> tuple[logging.Handler, int]:
+    """The CLI's log handler on the package logger (the library itself never configures logging); returns it and
+    the logger's previous level, which :func:`_run_command` restores (main() also runs inside other programs)."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_Formatter())
     logger = logging.getLogger(PROG)
+    previous = logger.level
     logger.addHandler(handler)
     logger.setLevel(logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO)
-    return handler
+    return handler, previous
 
 
 def _one_line(exc: BaseException) -> str:
@@ -724,7 +726,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 def _run_command(args) -> int:
-    handler = _configure_logging(args)
+    handler, previous_level = _configure_logging(args)
     try:
         return COMMANDS[args.command](args)
     except KeyboardInterrupt:
@@ -741,6 +743,7 @@ def _run_command(args) -> int:
         return EXIT_FAILURE
     finally:
         logging.getLogger(PROG).removeHandler(handler)
+        logging.getLogger(PROG).setLevel(previous_level)
 
 
 def _report(exc: BaseException, args) -> None:

@@ -469,3 +469,15 @@ def test_docs_list_the_differences_from_the_wrapper():
     assert train.iterations is None and "config's" in rows["`--iterations` default (`train`)"][2]
     assert infer.iteration is None and "newest" in rows["`--iteration` default (`infer`)"][2]
     assert "fine-stage" in rows["what `--iterations` counts"][2]
+
+
+def test_main_leaves_the_package_logger_as_it_found_it(tmp_path):
+    """main() runs inside other programs (tests, notebooks): its --quiet must not silence their logging after it."""
+    import logging
+
+    from gaussiantalker.cli import main
+
+    logger = logging.getLogger("gaussiantalker")
+    before = (logger.level, list(logger.handlers))
+    assert main(["assets", "--quiet", "--dir", str(tmp_path)]) == 0
+    assert (logger.level, list(logger.handlers)) == before
