@@ -166,6 +166,11 @@ class ModelHiddenParams:
     """Ours: 0 = the original's audio token. K > 0 (at most 8): the audio encoder predicts a K-component lip code,
     taught by the tracked mouth landmarks of every training frame, and the attention's first token encodes that
     code: the tracked code while training (teacher forcing), the one predicted from the audio when rendering."""
+    lip_predictor: str = "kernel"
+    """Ours (lip-code models): how audio predicts the lip code. ``"kernel"``: kernel ridge regression on the frame's
+    own audio window, fitted in closed form before training (gaussiantalker.model.lipkernel); ``"network"``: the
+    original's audio encoder with a linear head, trained by AdamW beside the renderer (the first lip-code models;
+    it overfits the few hundred frames of a short clip)."""
 
 
 @dataclass
@@ -262,19 +267,25 @@ class OptimizationParams:
     """Add ``lip_weight`` x L1 on the lip crop."""
     lip_weight: float = 0.4
     """Ours: weight of the lip-crop L1 (the original's 0.4)."""
+    lip_kernel_ridge: float = 0.3
+    """Ours (kernel lip predictor): the ridge lambda of the kernel regression (the kernel's diagonal is 1)."""
+    lip_kernel_centres: int = 2000
+    """Ours (kernel lip predictor): at most this many training windows serve as kernel centres (Nystroem); a
+    longer clip's frames are subsampled (memory and fit time grow with the square of this number)."""
     lip_code_lr: float = 0.001
-    """Ours (lip-code models): learning rate of the audio -> lip-code predictor (AdamW, weight decay 0.01)."""
+    """Ours (network lip predictor): learning rate of the audio -> lip-code predictor (AdamW, weight decay 0.01)."""
     lip_code_batch: int = 64
-    """Ours (lip-code models): training frames per step of the audio -> lip-code predictor (one step per iteration
+    """Ours (network lip predictor): training frames per step of the audio -> lip-code predictor (one step per iteration
     of both stages; it costs little next to a render)."""
     lip_code_noise: float = 0.1
     """Ours (lip-code models): std of the noise added to the tracked code the renderer is trained with (codes have
     unit variance), so that it tolerates the predicted codes' errors."""
     lip_code_augment: bool = True
     """Ours (lip-code models, mfcc features): the predictor also learns from the training audio with noise added and
-    from silence / noise alone (-> the closed mouth), a quarter of each fine-stage batch."""
+    from silence / noise alone (-> the closed mouth): the kernel predictor fits them with the frames, the network
+    one draws a quarter of each fine-stage batch from them."""
     lip_code_holdout: float = 0.1
-    """Ours (lip-code models): the last fraction of the training frames the predictor does not see in the coarse
+    """Ours (network lip predictor): the last fraction of the training frames the predictor does not see in the coarse
     stage; its error there calibrates the amplitude of predicted codes (regression shrinks it)."""
     depth_fine_tuning: bool = True
     """Add 0.4 x L1 between the rendered alpha and the head mask (with real gradients)."""
@@ -481,6 +492,12 @@ def validate(cfg: TrainConfig, origin: str = "<config>") -> None:
         bad("ModelHiddenParams.drop_prob", f"must be in [0, 1), got {h.drop_prob}")
     if not 0 <= h.lip_code_dim <= 8:
         bad("ModelHiddenParams.lip_code_dim", f"must be 0..8, got {h.lip_code_dim}")
+    if h.lip_predictor not in ("kernel", "network"):
+        bad("ModelHiddenParams.lip_predictor", f"must be 'kernel' or 'network', got {h.lip_predictor!r}")
+    if not o.lip_kernel_ridge > 0:
+        bad("OptimizationParams.lip_kernel_ridge", f"must be > 0, got {o.lip_kernel_ridge}")
+    if o.lip_kernel_centres < 16:
+        bad("OptimizationParams.lip_kernel_centres", f"must be >= 16, got {o.lip_kernel_centres}")
     if not 0.0 <= o.lip_code_holdout < 0.5:
         bad("OptimizationParams.lip_code_holdout", f"must be in [0, 0.5), got {o.lip_code_holdout}")
     unknown = set(o.canonical_tri_plane_factor_list) - {"scales", "rotations", "opacity", "shs"}

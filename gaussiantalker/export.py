@@ -384,6 +384,7 @@ def read_export(path: PathLike, device="cpu"):
         if "media.bg_torso" not in keys:
             raise KeyError("media.bg_torso")
         config = TrainConfig.from_dict(meta["config"], origin=str(p))
+        GaussianTalkerModel.adapt_config(config, state)
         model = GaussianTalkerModel(config, int(meta["audio_dim"]), int(state["xyz"].shape[0]))
         model.load_state_dict(state, strict=True)
     except ExportError:

@@ -227,6 +227,7 @@ def load_model(model_dir: PathLike, iteration: int | None = None, device="cpu") 
         net = torch.load(folder / "deformation.pth", map_location="cpu", weights_only=True)
     except Exception as exc:
         raise ValueError(f"{folder / 'deformation.pth'}: cannot be loaded ({exc})") from exc
+    GaussianTalkerModel.adapt_config(config, net)
     model = GaussianTalkerModel(config, info.audio_dim, int(gaussians["xyz"].shape[0]))
     try:
         model.load_state_dict({**net, **gaussians}, strict=True)

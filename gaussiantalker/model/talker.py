@@ -32,6 +32,7 @@ from .networks import (
     small_last_linear,
     zero_last_linear,
 )
+from .lipkernel import KernelLipPredictor
 from .triplane import TriPlane
 from .types import Conditions, GaussianBatch, rgb_to_sh
 
@@ -82,16 +83,21 @@ class GaussianTalkerModel(nn.Module):
         self.feature_out = mlp([d] + [h.net_width] * h.defor_depth)
         self.canonical_heads = nn.ModuleDict({f: head(h.net_width, h.net_width, _FACTOR_DIM[f]) for f in self.factors})
         # Fine stage: condition encoders, attention, offset heads.
-        self.audio_encoder = AudioEncoder(self.audio_dim, h.d_model)
+        self.lip_dim = int(h.lip_code_dim)
+        self.lip_kernel = self.lip_dim > 0 and h.lip_predictor == "kernel"
+        if not self.lip_kernel:  # the original's audio encoder (or the network lip predictor's trunk)
+            self.audio_encoder = AudioEncoder(self.audio_dim, h.d_model)
         self.eye_encoder = EyeEncoder(h.d_model)
         self.cam_encoder = mlp([12, 64, h.d_model], bias=False)
         self.null_token = nn.Parameter(torch.randn(1, 1, h.d_model))
         self.attention = SpatialAudioAttention(h.d_model, h.n_head, h.ffn_hidden, h.n_layer, h.drop_prob)
         # Lip-code models: audio -> predicted lip code (taught by the tracked landmarks), code -> the first token.
         self.cam_token = bool(h.cam_token)
-        self.lip_dim = int(h.lip_code_dim)
-        if self.lip_dim:
+        if self.lip_kernel:
+            self.lip_regression = KernelLipPredictor(self.audio_dim, self.lip_dim)
+        elif self.lip_dim:
             self.lip_predictor = nn.Sequential(nn.ReLU(), nn.Dropout(0.3), nn.Linear(h.d_model, self.lip_dim))
+        if self.lip_dim:
             self.lip_encoder = mlp([self.lip_dim, 64, h.d_model], bias=False)
             # Calibration of predicted codes (set by the trainer): centre + gain * (p - centre), clamped to the
             # tracked codes' range. Regression toward the mean shrinks a predictor's swing on unseen audio.
@@ -166,6 +172,15 @@ class GaussianTalkerModel(nn.Module):
             out[name] = param
         self._cache = None
         return out
+
+    @staticmethod
+    def adapt_config(config: TrainConfig, state: dict[str, Tensor]) -> TrainConfig:
+        """``config`` as the saved ``state`` needs it: lip-code models saved before the kernel predictor (their
+        state has the network predictor's ``lip_predictor.*``) keep ``lip_predictor = "network"``."""
+        if config.hidden.lip_code_dim and config.hidden.lip_predictor == "kernel" \
+                and any(k.startswith("lip_predictor.") for k in state):
+            config.hidden.lip_predictor = "network"
+        return config
 
     def resize_for_state(self, state: dict[str, Tensor]) -> None:
         """Give the per-Gaussian parameters the row count of ``state`` (before ``load_state_dict``)."""
@@ -249,8 +264,9 @@ class GaussianTalkerModel(nn.Module):
         self._cache = None
 
     def lip_parameters(self) -> list[nn.Parameter]:
-        """The audio -> lip-code predictor's parameters (lip-code models; [] otherwise)."""
-        if not self.lip_dim:
+        """The network audio -> lip-code predictor's parameters ([] for other models: the kernel predictor is
+        fitted in closed form, see :class:`KernelLipPredictor`)."""
+        if not self.lip_dim or self.lip_kernel:
             return []
         return list(self.audio_encoder.parameters()) + list(self.lip_predictor.parameters())
 
@@ -258,6 +274,8 @@ class GaussianTalkerModel(nn.Module):
         """Raw lip codes predicted from audio windows ``[B, 8, 16, D]`` -> ``[B, K]`` (lip-code models)."""
         if not self.lip_dim:
             raise ValueError("this model has no lip code (ModelHiddenParams.lip_code_dim = 0)")
+        if self.lip_kernel:
+            return self.lip_regression(audio)
         token, _ = self.audio_encoder(audio)
         return self.lip_predictor(token)
 

@@ -45,6 +45,10 @@ from .strategy import DensifyStrategy
 PathLike = Union[str, os.PathLike]
 log = logging.getLogger(__name__)
 
+LIP_GAIN_MIN_R = 0.3
+"""Kernel lip predictor: components whose cross-validated correlation with the tracked code is below this keep
+gain 1 (a regression's shrunk swing is restored only where the audio predicts the component)."""
+
 
 class TrainingError(RuntimeError):
     """Training cannot go on (a non-finite loss, named with its iteration)."""
@@ -162,6 +166,8 @@ class Trainer:
         self.model.to(self.device).train()
         self.state = _Progress()
         self.lip_optimizer = self._make_lip_optimizer()
+        if self.model.lip_kernel:
+            self._fit_lip_kernel()
         self._begin_stage("coarse")
 
     def _begin_stage(self, stage: str) -> None:
@@ -203,8 +209,9 @@ class Trainer:
         closed = opening <= torch.quantile(opening[torch.isfinite(opening)], 0.1)
         return self.train_split.lips[closed, : self.model.lip_dim].mean(0)
 
-    def _lip_bank(self) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """Extra (audio windows ``[M, 8, 16, D]``, codes ``[M, K]``) for the predictor, mfcc datasets only: the
+    def _lip_bank(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+        """Extra (audio windows ``[M, 8, 16, D]``, codes ``[M, K]``, the training-split row each one copies ``[M]``
+        (-1 for silence and noise)) for the predictor, mfcc datasets only: the
         training audio with white noise at 20 and 10 dB SNR (same codes), and noise alone or silence at several
         levels (the closed-mouth code), so that other microphones and the pauses of other voices do not open
         the mouth. Computed once (MFCC runs ~600x real time); None for other feature kinds or without aud.wav."""
@@ -224,12 +231,13 @@ class Trainer:
         aud = torch.tensor([min(a, self.data.audio.shape[0] - 1) for a in split.aud_ids], dtype=torch.long)
         idx = torch.arange(len(split))
         loud = float(np.sqrt(np.mean(samples.astype(np.float64) ** 2))) or 1e-3
-        windows, codes = [], []
+        windows, codes, rows = [], [], []
         for snr_db in (20.0, 10.0):
             noisy = samples + rng.standard_normal(samples.shape).astype(np.float32) * loud * 10 ** (-snr_db / 20)
             w = torch.from_numpy(extract_features(noisy, "mfcc", num_frames=self.data.num_frames).windows)
             windows.append(audio_context(w[aud], idx))
             codes.append(split.lips[:, : self.model.lip_dim])
+            rows.append(idx)
         frames = 50  # 2 s of each level
         for level_db in (None, -70.0, -55.0, -40.0):
             noise = np.zeros(frames * 640, np.float32) if level_db is None else \
@@ -237,7 +245,8 @@ class Trainer:
             w = torch.from_numpy(extract_features(noise, "mfcc", num_frames=frames).windows)
             windows.append(audio_context(w, torch.arange(frames)))
             codes.append(self._closed_code().expand(frames, -1))
-        self._bank = (torch.cat(windows), torch.cat(codes))
+            rows.append(torch.full((frames,), -1, dtype=torch.long))
+        self._bank = (torch.cat(windows), torch.cat(codes), torch.cat(rows))
         log.info("lip code: %d extra predictor samples (noisy speech, silence and noise -> closed mouth)",
                  self._bank[0].shape[0])
         return self._bank
@@ -269,12 +278,59 @@ class Trainer:
         self._lip_loss = loss.detach()
 
     @torch.no_grad()
+    def _fit_lip_kernel(self) -> None:
+        """Fit the kernel audio -> lip-code predictor to every training frame (and the noise / silence samples), and
+        calibrate it: per component, gain = std(tracked) / std(predicted) in [1, 2] where the two correlate at least
+        ``LIP_GAIN_MIN_R`` (else 1), the predictions coming from a 5-fold contiguous cross-validation over the
+        training frames (each fold's noisy copies left out with it)."""
+        from ..data import audio_context
+        from ..model.lipkernel import KernelLipPredictor
+
+        model, o = self.model, self.config.optimization
+        split, k = self.train_split, model.lip_dim
+        n = len(split)
+        x = audio_context(split.audio, torch.arange(n))
+        y = split.lips[:, :k].float()
+        rows = torch.arange(n)
+        bank = self._lip_bank()
+        if bank is not None:
+            x, y, rows = torch.cat([x, bank[0]]), torch.cat([y, bank[1].float()]), torch.cat([rows, bank[2]])
+        seed = int(o.seed)
+
+        def fit(keep: torch.Tensor) -> KernelLipPredictor:
+            return KernelLipPredictor(model.audio_dim, k).fit(
+                x[keep], y[keep], float(o.lip_kernel_ridge), int(o.lip_kernel_centres),
+                torch.Generator().manual_seed(seed))
+
+        true = y[:n]
+        gain = torch.ones(k)
+        if n >= 50:
+            cv = torch.zeros(n, k)
+            for part in torch.arange(n).tensor_split(5):
+                cv[part] = fit(~torch.isin(rows, part))(x[part])
+            r = [float(torch.corrcoef(torch.stack([cv[:, j], true[:, j]]))[0, 1]) for j in range(k)]
+            # Only components the audio predicts (r >= 0.3) are amplified: scaling up the others adds noise.
+            gain = torch.where(torch.tensor(r) >= LIP_GAIN_MIN_R,
+                               (true.std(0) / cv.std(0).clamp_min(1e-6)).clamp(1.0, 2.0), torch.ones(k))
+            log.info("lip code: cross-validated correlation per component %s, gain %s", [round(v, 2) for v in r],
+                     [round(float(v), 2) for v in gain])
+        else:
+            log.info("lip code: %d training frames, too few to cross-validate; gain 1", n)
+        model.lip_regression.load_state_dict(fit(torch.ones(x.shape[0], dtype=torch.bool)).state_dict())
+        span = true.max(0).values - true.min(0).values
+        dev = model.lip_center.device
+        model.lip_center.copy_(true.mean(0).to(dev))
+        model.lip_gain.copy_(gain.to(dev))
+        model.lip_low.copy_((true.min(0).values - 0.1 * span).to(dev))
+        model.lip_high.copy_((true.max(0).values + 0.1 * span).to(dev))
+
+    @torch.no_grad()
     def _calibrate_lips(self) -> None:
         """Set the predicted codes' calibration from the frames the predictor has not seen (the held-out tail of the
         training split): per component, gain = std(tracked) / std(predicted) in [1, 2] (a regression shrinks
         its swing on unseen audio; the gain restores it), and the clamp range of the tracked codes."""
         model = self.model
-        if not model.lip_dim:
+        if not model.lip_dim or model.lip_kernel:  # the kernel predictor is calibrated when it is fitted
             return
         from ..data import audio_context
 
@@ -306,6 +362,7 @@ class Trainer:
                                consumed=int(p["consumed"]), global_iteration=int(p["global_iteration"]))
         if self.state.stage not in STAGES:
             raise ValueError(f"{path}: unknown stage {self.state.stage!r}")
+        GaussianTalkerModel.adapt_config(self.config, ckpt["model"])
         model = GaussianTalkerModel(self.config, self.data.audio_dim, 1)
         model.resize_for_state(ckpt["model"])
         model.load_state_dict(ckpt["model"], strict=True)

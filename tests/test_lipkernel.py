@@ -1,0 +1,91 @@
+"""The kernel audio -> lip-code predictor: fit, Nystroem approximation, saving and loading, old models."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from gaussiantalker.config import load_config
+from gaussiantalker.model.lipkernel import CENTRE_WINDOW, KernelLipPredictor
+from gaussiantalker.model.talker import GaussianTalkerModel
+
+D, K = 5, 3
+
+
+def _data(n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Audio windows whose centre window determines the codes through a smooth non-linear map (plus noise in
+    the other windows, which the predictor must ignore)."""
+    g = torch.Generator().manual_seed(seed)
+    audio = torch.randn(n, 8, 16, D, generator=g)
+    centre = audio[:, CENTRE_WINDOW]
+    energy = centre[..., 0].mean(1)  # [n]
+    codes = torch.stack([torch.tanh(2 * energy), energy ** 2, torch.sin(3 * centre[..., 1].mean(1))], 1)
+    return audio, codes
+
+
+def _r(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(torch.corrcoef(torch.stack([a, b]))[0, 1])
+
+
+def test_fit_predicts_unseen_windows():
+    audio, codes = _data(600)
+    pred = KernelLipPredictor(D, K)
+    assert not pred.fitted
+    assert torch.equal(pred(audio[:4]), torch.zeros(4, K))  # unfitted: the (zero) mean code
+    pred.fit(audio[:500], codes[:500], ridge=0.1)
+    assert pred.fitted and pred.centres.shape == (500, 16 * D)
+    out = pred(audio[500:])
+    assert out.shape == (100, K) and out.dtype == torch.float32
+    assert _r(out[:, 0], codes[500:, 0]) > 0.6  # tanh of the centre's energy: learnt from 500 examples
+    # Windows other than the centre one do not matter.
+    moved = audio[500:].clone()
+    moved[:, 0] += 5.0
+    assert torch.allclose(pred(moved), out)
+
+
+def test_nystroem_approximates_the_exact_fit():
+    audio, codes = _data(400, seed=1)
+    exact = KernelLipPredictor(D, K).fit(audio[:300], codes[:300], ridge=0.3)
+    approx = KernelLipPredictor(D, K).fit(audio[:300], codes[:300], ridge=0.3, max_centres=150,
+                                         generator=torch.Generator().manual_seed(0))
+    assert approx.centres.shape[0] == 150
+    a, b = exact(audio[300:]), approx(audio[300:])
+    assert _r(a[:, 0], b[:, 0]) > 0.9
+
+
+def test_state_dict_round_trip_resizes_the_buffers():
+    audio, codes = _data(120)
+    fitted = KernelLipPredictor(D, K).fit(audio, codes)
+    fresh = KernelLipPredictor(D, K)
+    fresh.load_state_dict(fitted.state_dict(), strict=True)
+    assert fresh.centres.shape == (120, 16 * D)
+    assert torch.equal(fresh(audio[:7]), fitted(audio[:7]))
+
+
+def test_bad_input_is_named():
+    pred = KernelLipPredictor(D, K)
+    audio, codes = _data(10)
+    with pytest.raises(ValueError, match="codes must have shape"):
+        pred.fit(audio, codes[:, :2])
+    with pytest.raises(ValueError, match="ridge"):
+        pred.fit(audio, codes, ridge=0.0)
+    with pytest.raises(ValueError, match="audio must have shape"):
+        pred(audio[:, :4])
+
+
+def test_cpu_small_uses_the_kernel_and_old_network_models_still_load():
+    cfg = load_config("cpu_small", kplanes_config={"output_coordinate_dim": 16, "resolution": [8, 8, 8]}, d_model=32, net_width=16)
+    assert cfg.hidden.lip_code_dim > 0 and cfg.hidden.lip_predictor == "kernel"
+    model = GaussianTalkerModel(cfg, D, 10)
+    assert model.lip_kernel and model.lip_parameters() == [] and not hasattr(model, "audio_encoder")
+    # A model saved before the kernel predictor: network predictor keys in its state, no lip_predictor in config.
+    old_cfg = load_config("cpu_small", kplanes_config={"output_coordinate_dim": 16, "resolution": [8, 8, 8]}, d_model=32, net_width=16, lip_predictor="network")
+    old_state = GaussianTalkerModel(old_cfg, D, 10).state_dict()
+    cfg2 = load_config("cpu_small", kplanes_config={"output_coordinate_dim": 16, "resolution": [8, 8, 8]}, d_model=32, net_width=16)
+    GaussianTalkerModel.adapt_config(cfg2, old_state)
+    assert cfg2.hidden.lip_predictor == "network"
+    GaussianTalkerModel(cfg2, D, 10).load_state_dict(old_state, strict=True)
+    # A kernel model's own state stays a kernel model.
+    cfg3 = load_config("cpu_small", kplanes_config={"output_coordinate_dim": 16, "resolution": [8, 8, 8]}, d_model=32, net_width=16)
+    GaussianTalkerModel.adapt_config(cfg3, model.state_dict())
+    assert cfg3.hidden.lip_predictor == "kernel"
