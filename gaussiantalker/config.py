@@ -267,6 +267,9 @@ class OptimizationParams:
     """Add ``lip_weight`` x L1 on the lip crop."""
     lip_weight: float = 0.4
     """Ours: weight of the lip-crop L1 (the original's 0.4)."""
+    open_mouth_repeat: int = 1
+    """Ours: in the fine stage, training frames whose mouth opening is in the top quarter of the clip's appear this
+    many times per epoch (1 = every frame once, the original)."""
     lip_kernel_ridge: float = 0.3
     """Ours (kernel lip predictor): the ridge lambda of the kernel regression (the kernel's diagonal is 1)."""
     lip_kernel_centres: int = 2000
@@ -494,6 +497,8 @@ def validate(cfg: TrainConfig, origin: str = "<config>") -> None:
         bad("ModelHiddenParams.lip_code_dim", f"must be 0..8, got {h.lip_code_dim}")
     if h.lip_predictor not in ("kernel", "network"):
         bad("ModelHiddenParams.lip_predictor", f"must be 'kernel' or 'network', got {h.lip_predictor!r}")
+    if o.open_mouth_repeat < 1:
+        bad("OptimizationParams.open_mouth_repeat", f"must be >= 1, got {o.open_mouth_repeat}")
     if not o.lip_kernel_ridge > 0:
         bad("OptimizationParams.lip_kernel_ridge", f"must be > 0, got {o.lip_kernel_ridge}")
     if o.lip_kernel_centres < 16:

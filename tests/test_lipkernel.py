@@ -89,3 +89,18 @@ def test_cpu_small_uses_the_kernel_and_old_network_models_still_load():
     cfg3 = load_config("cpu_small", kplanes_config={"output_coordinate_dim": 16, "resolution": [8, 8, 8]}, d_model=32, net_width=16)
     GaussianTalkerModel.adapt_config(cfg3, model.state_dict())
     assert cfg3.hidden.lip_predictor == "kernel"
+
+
+def test_frame_order_repeats_the_wide_open_frames():
+    from collections import Counter
+
+    from gaussiantalker.train.sampler import FrameOrder
+
+    repeat = [1, 2, 1, 3, 1]
+    order = FrameOrder(5, seed=3, stage="fine", repeat=repeat)
+    epoch = order.batch(0, order.n)
+    assert order.n == 8 and Counter(epoch) == {i: r for i, r in enumerate(repeat)}
+    assert order.batch(0, 20) == FrameOrder(5, seed=3, stage="fine", repeat=repeat).batch(0, 20)  # seeded
+    assert sorted(FrameOrder(5, seed=3, stage="fine").batch(0, 5)) == list(range(5))  # default: once each
+    with pytest.raises(ValueError, match="repeat"):
+        FrameOrder(5, seed=3, stage="fine", repeat=[1, 0, 1, 1, 1])

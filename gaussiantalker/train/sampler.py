@@ -9,7 +9,7 @@ without disturbing what a checkpoint records.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import torch
 
@@ -17,12 +17,22 @@ _STAGE_SALT = {"coarse": 1, "fine": 2}
 
 
 class FrameOrder:
-    """Indices ``0..n-1`` in epochs of seeded permutations."""
+    """Indices ``0..n-1`` in epochs of seeded permutations.
 
-    def __init__(self, n: int, seed: int, stage: str) -> None:
+    ``repeat``: how many times each frame appears in an epoch (default once each); an epoch is then a
+    permutation of that multiset, ``sum(repeat)`` samples long."""
+
+    def __init__(self, n: int, seed: int, stage: str, repeat: Sequence[int] | None = None) -> None:
         if n < 1:
             raise ValueError("the training split has no frames")
-        self.n, self.seed, self.stage = int(n), int(seed), stage
+        self.frames = int(n)
+        if repeat is None:
+            self._items = list(range(self.frames))
+        else:
+            if len(repeat) != self.frames or any(int(r) < 1 for r in repeat):
+                raise ValueError(f"repeat must give every one of the {self.frames} frames a count >= 1")
+            self._items = [i for i, r in enumerate(repeat) for _ in range(int(r))]
+        self.n, self.seed, self.stage = len(self._items), int(seed), stage
         self._epoch = -1
         self._perm: list[int] = []
 
@@ -30,7 +40,7 @@ class FrameOrder:
         if epoch != self._epoch:
             g = torch.Generator().manual_seed((self.seed * 1_000_003 + _STAGE_SALT[self.stage] * 7919 + epoch)
                                               % (2 ** 63))
-            self._perm = torch.randperm(self.n, generator=g).tolist()
+            self._perm = [self._items[i] for i in torch.randperm(self.n, generator=g).tolist()]
             self._epoch = epoch
         return self._perm
 

@@ -412,7 +412,7 @@ class Trainer:
     def _loader(self, stage: str, batch_size: int):
         from ..data import collate
 
-        order = FrameOrder(len(self.train_split), self.config.optimization.seed, stage)
+        order = FrameOrder(len(self.train_split), self.config.optimization.seed, stage, self._repeats(stage))
         workers = self.config.optimization.num_workers
         if workers < 0:
             workers = 4 if self.device.type == "cuda" else 0
@@ -422,6 +422,20 @@ class Trainer:
             # A private generator: creating a loader must not draw from the global RNG (resume = same stream).
             generator=torch.Generator().manual_seed(int(self.config.optimization.seed)))
         return iter(loader)
+
+    def _repeats(self, stage: str) -> list[int] | None:
+        """Fine stage with ``open_mouth_repeat`` > 1: the training frames whose mouth opening is in the top
+        quarter appear that many times per epoch (wide-open mouths are the rarest shapes, and the ones a
+        renderer most often smooths away); None = every frame once."""
+        k = int(self.config.optimization.open_mouth_repeat)
+        if stage != "fine" or k <= 1:
+            return None
+        opening = self.data.mouth_opening[torch.tensor(self.train_split.img_ids)]
+        ok = torch.isfinite(opening)
+        if int(ok.sum()) < 4:
+            return None
+        wide = opening >= torch.quantile(opening[ok], 0.75)
+        return [k if bool(w) else 1 for w in wide]
 
     def _batch_size(self, stage: str) -> int:
         if stage == "coarse":
