@@ -113,6 +113,14 @@ def rank_device(spec: Any, info: Optional[RankInfo] = None) -> str:
     return str(spec)
 
 
+def this_rank_device(spec: Any) -> Any:
+    """:func:`rank_device` for a spec that still names every rank's device (``auto``, None, a list); a single
+    device is taken as this rank's own (already chosen by the caller)."""
+    if launched() and (spec is None or parse_devices(spec) is not None or str(spec).strip().lower() == "auto"):
+        return rank_device(spec)
+    return spec
+
+
 # ------------------------------------------------------------------------------------------ splitting work
 
 
@@ -331,6 +339,27 @@ def init(device: Union[str, torch.device]) -> Comm:
     return Comm(dist.get_rank(), dist.get_world_size(), device)
 
 
+def on_main_first(fn: Callable[[], Any], device: Union[str, torch.device], what: str) -> Any:
+    """Run ``fn()`` on rank 0 while the other ranks wait, then hand every rank its (picklable) result.
+
+    For long one-process work before training (preprocessing a video): the wait uses a gloo group of its own
+    with a 24-hour timeout instead of the collective timeout. If rank 0 fails, it stops with its error and the
+    others with a :class:`DistributedError`."""
+    comm = init(device)
+    if comm.single:
+        return fn()
+    import torch.distributed as dist
+
+    with comm._collective(f"waiting for rank 0's {what}"):
+        group = dist.new_group(backend="gloo", timeout=datetime.timedelta(hours=24))
+    box = [fn() if comm.is_main else None]
+    if not comm.is_main:
+        log.info("rank %d: waiting for rank 0's %s", comm.rank, what)
+    with comm._collective(f"waiting for rank 0's {what}"):
+        dist.broadcast_object_list(box, src=0, group=group)
+    return box[0]
+
+
 def shutdown() -> None:
     """Leave the process group (when one is initialised)."""
     import torch.distributed as dist
@@ -405,5 +434,5 @@ def _failure_message(exc: Any) -> str:
 
 
 __all__ = ["DEFAULT_TIMEOUT", "SINGLE", "TIMEOUT_ENV", "Comm", "DistributedError", "RankInfo", "batch_part", "init",
-           "launch", "launched", "parse_devices", "rank_device", "rank_info", "shard", "shutdown", "tensor_hash",
+           "launch", "launched", "on_main_first", "parse_devices", "rank_device", "rank_info", "shard", "this_rank_device", "shutdown", "tensor_hash",
            "timeout_seconds"]

@@ -8,6 +8,7 @@ import multiprocessing
 import shutil
 import time
 
+import numpy as np
 import pytest
 import torch
 from _dist_helpers import free_port, rank_main
@@ -212,3 +213,36 @@ def test_single_process_comm_is_a_no_op_and_the_hash_sees_a_change():
     assert h == tensor_hash({"b": torch.arange(3), "a": torch.zeros(4)})
     state["a"][2] = 1e-30
     assert tensor_hash(state) != h
+
+
+def test_many_audio_files_are_sharded_across_ranks(tmp_path_factory, monkeypatch):
+    """A folder of 3 files: 1 process and 2 ranks (``CPU,CPU``) write the same videos, one per file, named after it."""
+    import gaussiantalker as gt
+    from _infer_helpers import audio_model
+
+    from gaussiantalker.audio import load_audio, write_wav
+    from gaussiantalker.render.video import read_frames
+
+    model_dir = audio_model(tmp_path_factory)
+    talker = gt.load(model_dir, device="cpu")
+    speech = load_audio(talker.data.path / "aud.wav")
+    folder = tmp_path_factory.mktemp("replies")
+    for i, (name, seconds) in enumerate((("alpha", 0.6), ("beta", 0.4), ("gamma", 0.5))):
+        start = int(i * 0.3 * 16000)
+        write_wav(folder / f"{name}.wav", speech[start:start + int(seconds * 16000)])
+    (folder / "notes.txt").write_text("not audio")
+
+    one = gt.render(talker, folder, device="cpu", progress=False)
+    assert [r.path for r in one] == [model_dir / "renders" / f"{n}.mp4" for n in ("alpha", "beta", "gamma")]
+    assert [r.frames for r in one] == [15, 10, 12]
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    out = tmp_path_factory.mktemp("sharded")
+    two = gt.render(model_dir, [folder / "alpha.wav", folder / "beta.wav", folder / "gamma.wav"], out=out,
+                    device="CPU,CPU", progress=False)
+    assert [r.path for r in two] == [out / f"{n}.mp4" for n in ("alpha", "beta", "gamma")]
+    assert [r.frames for r in two] == [15, 10, 12]
+    for a, b in zip(one, two):
+        x, y = np.stack(list(read_frames(a.path))).astype(int), np.stack(list(read_frames(b.path))).astype(int)
+        assert x.shape == y.shape and np.abs(x - y).max() <= 2, a.path.name
+    with pytest.raises(ValueError, match="same name"):
+        gt.render(talker, [folder / "alpha.wav", folder / "alpha.wav"], device="cpu", progress=False)

@@ -798,7 +798,7 @@ def train(dataset_or_path: Any, config: Any = None, iterations: int | None = Non
         DatasetMismatchError: (a ValueError) the model folder's checkpoints come from another dataset.
         DistributedError: (data-parallel runs) a rank died or stopped answering, or the ranks diverged.
     """
-    from ..distributed import init, launch, launched, parse_devices, rank_device
+    from ..distributed import init, launch, launched, parse_devices, this_rank_device
 
     devices = parse_devices(device)
     if devices is not None and not launched():  # a device list: start one rank per device, then join them
@@ -809,7 +809,7 @@ def train(dataset_or_path: Any, config: Any = None, iterations: int | None = Non
                          workspace=None if workspace is None else str(workspace), name=name, progress=progress,
                          assets=None if assets is None else str(assets), restart=restart)
         return results[0]
-    dev = resolve_device(rank_device(device) if launched() else device)
+    dev = resolve_device(this_rank_device(device))
     comm = init(dev)
     data_path = _dataset_path(dataset_or_path)
     with _IsolatedRng(dev):
