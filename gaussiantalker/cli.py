@@ -327,6 +327,11 @@ def _progress(args) -> bool:
     return not args.quiet
 
 
+def _main_rank() -> bool:
+    """Whether this process prints results: not one of the other ranks under torchrun."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 def _cmd_train(args) -> int:
     ws = Workspace.at(args.workspace)
     name = _name(args.name, "--name")
@@ -338,7 +343,8 @@ def _cmd_train(args) -> int:
     model = api.train(args.video_path, config=config, iterations=args.iterations, device=args.gpu,
                       workspace=ws.root, name=name, progress=_progress(args), assets=args.assets,
                       au_csv=args.au_csv, backends=_backends(args), restart=args.fresh)
-    print(f"model: {model.path} (iteration {model.iteration})")
+    if _main_rank():
+        print(f"model: {model.path} (iteration {model.iteration})")
     return EXIT_OK
 
 
@@ -370,7 +376,8 @@ def _cmd_infer(args) -> int:
                         pose=args.pose, device=args.gpu, workspace=ws.root, progress=_progress(args),
                         paste_back=args.paste_back, assets=None if many else args.assets)
     for r in result if isinstance(result, list) else [result]:
-        print(f"video: {r.path}")
+        if _main_rank():
+            print(f"video: {r.path}")
     return EXIT_OK
 
 

@@ -47,3 +47,19 @@ def rank_main(rank: int, world: int, port: int, dataset: str, kwargs: dict, repo
         Path(report).write_text(json.dumps({"error": f"{type(exc).__name__}: {exc}", "time": time.time()}))
         return
     Path(report).write_text(json.dumps({"ok": True, "time": time.time()}))
+
+
+def main_first_rank(rank: int, world: int, port: int, marker: str, report: str) -> None:
+    """One gloo rank calling ``on_main_first``: rank 0 writes ``marker`` and returns its text to every rank."""
+    os.environ.update({"RANK": str(rank), "WORLD_SIZE": str(world), "LOCAL_RANK": str(rank),
+                       "LOCAL_WORLD_SIZE": str(world), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
+    from gaussiantalker.distributed import on_main_first, shutdown
+
+    def work():
+        time.sleep(1.0)  # the other rank is already waiting
+        Path(marker).write_text(f"made by rank {rank}")
+        return Path(marker).read_text()
+
+    got = on_main_first(work, "cpu", "test work")
+    Path(report).write_text(json.dumps({"got": got, "marker_seen": Path(marker).is_file()}))
+    shutdown()

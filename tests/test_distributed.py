@@ -11,7 +11,7 @@ import time
 import numpy as np
 import pytest
 import torch
-from _dist_helpers import free_port, rank_main
+from _dist_helpers import free_port, main_first_rank, rank_main
 from test_train import tiny
 
 from gaussiantalker.distributed import Comm, batch_part, parse_devices, rank_device, shard, tensor_hash
@@ -246,3 +246,19 @@ def test_many_audio_files_are_sharded_across_ranks(tmp_path_factory, monkeypatch
         assert x.shape == y.shape and np.abs(x - y).max() <= 2, a.path.name
     with pytest.raises(ValueError, match="same name"):
         gt.render(talker, [folder / "alpha.wav", folder / "alpha.wav"], device="cpu", progress=False)
+
+
+def test_rank_0_works_first_while_the_others_wait(tmp_path):
+    """Preprocessing under torchrun: rank 0 does the work, the others wait and receive its result."""
+    ctx = multiprocessing.get_context("spawn")
+    port = free_port()
+    reports = [tmp_path / f"r{r}.json" for r in range(2)]
+    procs = [ctx.Process(target=main_first_rank, args=(r, 2, port, str(tmp_path / "marker"), str(reports[r])))
+             for r in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=120)
+    assert all(p.exitcode == 0 for p in procs)
+    for r in reports:
+        assert json.loads(r.read_text()) == {"got": "made by rank 0", "marker_seen": True}
