@@ -44,9 +44,10 @@ class FrameDropout(nn.Dropout):
         if x.ndim < 2 or x.shape[0] != len(generators):
             raise ValueError(f"frame dropout: {len(generators)} generators for an input of shape {tuple(x.shape)}")
         keep = 1.0 - self.p
-        mask = torch.stack([torch.empty(x.shape[1:], dtype=x.dtype, device=x.device).bernoulli_(keep, generator=g)
-                            for g in generators])
-        return x * mask * (1.0 / keep)
+        mask = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+        for b, g in enumerate(generators):
+            mask[b].bernoulli_(keep, generator=g)
+        return x * mask.mul_(1.0 / keep)
 
 
 def mlp(dims: list[int], bias: bool = True) -> nn.Sequential:
