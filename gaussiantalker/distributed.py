@@ -415,7 +415,7 @@ def launch(fn: Callable[..., Any], devices: Sequence[str], *args: Any, **kwargs:
 
 
 def _failure_message(exc: Any) -> str:
-    lines = []
+    lines, killed = [], False
     for rank, failure in sorted(exc.failures.items()):
         message = failure.message
         if isinstance(message, dict):  # the error file's content: {"message": ..., "extraInfo": {...}}
@@ -425,12 +425,14 @@ def _failure_message(exc: Any) -> str:
         if failure.exitcode is not None and failure.exitcode < 0:
             import signal
 
+            killed = True
             try:
                 reason = f"killed by {signal.Signals(-failure.exitcode).name}"
             except ValueError:
                 reason = f"killed by signal {-failure.exitcode}"
         lines.append(f"rank {rank} (pid {failure.pid}): {reason}")
-    return (f"distributed run failed: {'; '.join(lines)}. The other ranks were stopped; {_RESUME_HINT}")
+    then = _RESUME_HINT if killed else "run again once the error is fixed (training resumes from the newest checkpoint)"
+    return f"distributed run failed: {'; '.join(lines)}. The other ranks were stopped; {then}"
 
 
 __all__ = ["DEFAULT_TIMEOUT", "SINGLE", "TIMEOUT_ENV", "Comm", "DistributedError", "RankInfo", "batch_part", "init",

@@ -63,3 +63,12 @@ def main_first_rank(rank: int, world: int, port: int, marker: str, report: str) 
     got = on_main_first(work, "cpu", "test work")
     Path(report).write_text(json.dumps({"got": got, "marker_seen": Path(marker).is_file()}))
     shutdown()
+
+
+def die_on_rank_1(device: str = "cpu") -> str:
+    """Launched by ``gaussiantalker.distributed.launch``: rank 1 SIGKILLs itself, rank 0 waits (the launcher must stop
+    it)."""
+    if os.environ.get("RANK") == "1":
+        os.kill(os.getpid(), signal.SIGKILL)
+    time.sleep(120)
+    return "rank 0 was not stopped"

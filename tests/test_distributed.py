@@ -11,10 +11,10 @@ import time
 import numpy as np
 import pytest
 import torch
-from _dist_helpers import free_port, main_first_rank, rank_main
+from _dist_helpers import die_on_rank_1, free_port, main_first_rank, rank_main
 from test_train import tiny
 
-from gaussiantalker.distributed import Comm, batch_part, parse_devices, rank_device, shard, tensor_hash
+from gaussiantalker.distributed import Comm, DistributedError, batch_part, launch, parse_devices, rank_device, shard, tensor_hash
 from gaussiantalker.synthetic import make_synthetic_dataset
 from gaussiantalker.train import train
 from gaussiantalker.train.checkpoint import list_checkpoints
@@ -262,3 +262,10 @@ def test_rank_0_works_first_while_the_others_wait(tmp_path):
     assert all(p.exitcode == 0 for p in procs)
     for r in reports:
         assert json.loads(r.read_text()) == {"got": "made by rank 0", "marker_seen": True}
+
+
+def test_the_launcher_reports_a_killed_rank_and_stops_the_others():
+    start = time.perf_counter()
+    with pytest.raises(DistributedError, match=r"rank 1 \(pid \d+\): killed by SIGKILL.*other ranks were stopped"):
+        launch(die_on_rank_1, ["CPU", "CPU"])
+    assert time.perf_counter() - start < 60  # rank 0 would sleep 120 s

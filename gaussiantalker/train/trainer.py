@@ -805,6 +805,8 @@ def train(dataset_or_path: Any, config: Any = None, iterations: int | None = Non
         if callback is not None:
             raise ValueError("a progress callback cannot follow a multi-process run (it would run in the rank "
                              "processes); follow <model>/train_log.jsonl instead")
+        if config is not None and not isinstance(config, TrainConfig):
+            config = load_config(config)  # a bad config fails here, once, not in every rank
         results = launch(train, devices, str(_dataset_path(dataset_or_path)), config=config, iterations=iterations,
                          workspace=None if workspace is None else str(workspace), name=name, progress=progress,
                          assets=None if assets is None else str(assets), restart=restart)
