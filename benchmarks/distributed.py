@@ -39,11 +39,11 @@ def train_rank(dataset: str, workdir: str, batch: int, iterations: int, threads:
     """One rank (or the single process) timing the fine stage; returns its figures."""
     from gaussiantalker.config import load_config
     from gaussiantalker.data import TalkingHeadData
-    from gaussiantalker.distributed import init, launched, rank_device
+    from gaussiantalker.distributed import init, this_rank_device
     from gaussiantalker.train import Trainer
 
     torch.set_num_threads(threads)
-    dev = torch.device(rank_device(device) if launched() else device)
+    dev = torch.device(this_rank_device(device))
     comm = init(dev)
     cfg = load_config("cpu_small", checkpoint_every=0, tensorboard=False, num_workers=0, batch_size=batch,
                       hash_check_every=0)

@@ -41,6 +41,7 @@ from .checkpoint import (
 )
 from .monitor import Monitor
 from .objective import Objective, Share, psnr
+from .parallel import SilentMonitor, batch_share, no_frames, reduce_step
 from .sampler import BatchSampler, FrameOrder
 from .schedule import LearningRates
 from .strategy import DensifyStrategy
@@ -414,7 +415,7 @@ class Trainer:
         lo, hi = batch_part(batch_size, self.comm.rank, self.comm.world)
         self._part = (lo, hi, batch_size)
         if lo == hi:  # more ranks than frames in a batch (the coarse stage's 1): this rank renders nothing
-            return _no_frames()
+            return no_frames()
         workers = self.config.optimization.num_workers
         if workers < 0:
             workers = 4 if self.device.type == "cuda" else 0
@@ -457,7 +458,8 @@ class Trainer:
             self.strategy.observe(out.radii, out.means2d.grad if out.means2d is not None else None)
             loss_value, psnr_value = loss.detach(), psnr(out.image.detach().clamp(0, 1), batch.target)
         else:
-            loss_value, psnr_value = self._reduce_step(out, batch, loss)
+            loss_value, psnr_value = reduce_step(self.comm, opt, self.strategy, model.num_points, self._part, out,
+                                                 batch.target if batch is not None else None, loss)
         opt.step()
         opt.zero_grad(set_to_none=True)
         self.strategy.step(it, model, opt)
@@ -504,42 +506,11 @@ class Trainer:
         """This rank's weights in the loss of the global batch (None with one process)."""
         if self.comm.single:
             return None
-        lo, hi, total = self._part
-        lips = 1.0
+        rects = None
         if self.config.optimization.lip_fine_tuning:
-            def elements(rect) -> int:
-                r0, r1, c0, c1 = (int(x) for x in rect)
-                return 3 * (r1 - r0) * (c1 - c0)
-
-            ids = self._order.batch(self.state.consumed, total)
-            every = sum(elements(self.data.lips_rect_of(self.train_split.img_ids[k])) for k in ids)
-            lips = sum(elements(r) for r in batch.lips_rect.tolist()) / every
-        return Share(frames=(hi - lo) / total, lips=lips, regularisers=1.0 / self.comm.world)
-
-    def _reduce_step(self, out, batch, loss: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Sum the gradients, the densification statistics and the logged figures over the ranks in ONE all-reduce
-        (the losses are share-weighted, so the sum is the gradient of the global batch's loss). Returns the
-        global batch's loss and mean PSNR."""
-        model, strategy = self.model, self.strategy
-        lo, hi, total = self._part
-        params = [p for group in self.optimizer.param_groups for p in group["params"]]
-        extras, rmax = [], None
-        if strategy.enabled:
-            n = model.num_points
-            if out is not None and out.means2d is not None and out.means2d.grad is not None:
-                gsum, visible, rmax = strategy.batch_statistics(out.radii, out.means2d.grad)
-            else:
-                gsum = torch.zeros(n, 2, device=self.device)
-                visible, rmax = torch.zeros(n, device=self.device), torch.zeros(n, device=self.device)
-            extras = [gsum, visible]
-        figures = torch.zeros(2, device=self.device)
-        figures[0] = loss.detach()
-        if out is not None:
-            figures[1] = psnr(out.image.detach().clamp(0, 1), batch.target) * (hi - lo)
-        self.comm.reduce_gradients(params, [*extras, figures])
-        if extras:
-            strategy.accumulate(extras[0], extras[1], rmax)  # max radii: this rank's, reduced when they are read
-        return figures[0], figures[1] / total
+            ids = self._order.batch(self.state.consumed, self._part[2])
+            rects = [self.data.lips_rect_of(self.train_split.img_ids[k]) for k in ids]
+        return batch_share(self.comm, self._part, batch.lips_rect if rects else None, rects)
 
     def _raise_sh_degree(self, stage: str, it: int) -> bool:
         """One more SH band every ``sh_degree_interval`` iterations of a stage (the original's 1000), but not when
@@ -557,7 +528,7 @@ class Trainer:
         total = sum(self.totals.values())
         main = self.comm.is_main
         monitor = Monitor(self.model_dir, self.config, total, self.state.global_iteration, self.progress,
-                          self.callback) if main else _Silent()
+                          self.callback) if main else SilentMonitor()
         check_every = int(self.config.optimization.hash_check_every)
         try:
             for stage in STAGES:
@@ -734,22 +705,6 @@ def _to_cpu(obj: Any) -> Any:
     if isinstance(obj, list):
         return [_to_cpu(v) for v in obj]
     return obj
-
-
-class _Silent:
-    """The monitor of ranks other than 0: no bar, no logs, no callback."""
-
-    def update(self, *args: Any) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
-def _no_frames():
-    """The batches of a rank that takes no rows of the global batch."""
-    while True:
-        yield None
 
 
 class _IsolatedRng:
