@@ -269,3 +269,26 @@ def test_the_launcher_reports_a_killed_rank_and_stops_the_others():
     with pytest.raises(DistributedError, match=r"rank 1 \(pid \d+\): killed by SIGKILL.*other ranks were stopped"):
         launch(die_on_rank_1, ["CPU", "CPU"])
     assert time.perf_counter() - start < 60  # rank 0 would sleep 120 s
+
+
+def test_frame_dropout_masks_do_not_depend_on_the_batch_a_frame_is_in():
+    from gaussiantalker.model.networks import FrameDropout, frame_dropout
+
+    drop = FrameDropout(0.3).train()
+    x = torch.ones(3, 50, 8)
+
+    def gens(seeds):
+        return [torch.Generator().manual_seed(s) for s in seeds]
+
+    with frame_dropout(gens([11, 12, 13])):
+        together = drop(x)
+    with frame_dropout(gens([12])):
+        alone = drop(x[:1])
+    assert torch.equal(together[1], alone[0]) and not torch.equal(together[0], together[1])
+    assert 0.6 < float((together > 0).float().mean()) < 0.8 and float(together.max()) == pytest.approx(1 / 0.7)
+    with pytest.raises(ValueError, match="2 generators"):
+        with frame_dropout(gens([1, 2])):
+            drop(x)
+    drop.eval()
+    with frame_dropout(gens([1, 2, 3])):
+        assert torch.equal(drop(x), x)
