@@ -72,3 +72,25 @@ def die_on_rank_1(device: str = "cpu") -> str:
         os.kill(os.getpid(), signal.SIGKILL)
     time.sleep(120)
     return "rank 0 was not stopped"
+
+
+def hash_rank(rank: int, world: int, port: int, report: str) -> None:
+    """One gloo rank whose parameters differ from the other's in one element: the hash check must stop both."""
+    os.environ.update({"RANK": str(rank), "WORLD_SIZE": str(world), "LOCAL_RANK": str(rank),
+                       "LOCAL_WORLD_SIZE": str(world), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
+    import torch
+
+    from gaussiantalker.distributed import DistributedError, init, shutdown
+
+    comm = init("cpu")
+    same = {"xyz": torch.ones(100, 3)}
+    comm.check_identical(same, "global iteration 100")  # identical: passes
+    differ = {"xyz": torch.ones(100, 3)}
+    differ["xyz"][57, 1] += 1e-6 * rank
+    try:
+        comm.check_identical(differ, "global iteration 200")
+        result = {"error": None}
+    except DistributedError as exc:
+        result = {"error": str(exc)}
+    Path(report).write_text(json.dumps(result))
+    shutdown()

@@ -11,7 +11,7 @@ import time
 import numpy as np
 import pytest
 import torch
-from _dist_helpers import die_on_rank_1, free_port, main_first_rank, rank_main
+from _dist_helpers import die_on_rank_1, free_port, hash_rank, main_first_rank, rank_main
 from test_train import tiny
 
 from gaussiantalker.distributed import Comm, DistributedError, batch_part, launch, parse_devices, rank_device, shard, tensor_hash
@@ -248,20 +248,30 @@ def test_many_audio_files_are_sharded_across_ranks(tmp_path_factory, monkeypatch
         gt.render(talker, [folder / "alpha.wav", folder / "alpha.wav"], device="cpu", progress=False)
 
 
-def test_rank_0_works_first_while_the_others_wait(tmp_path):
-    """Preprocessing under torchrun: rank 0 does the work, the others wait and receive its result."""
+def _two_ranks(target, *args, tmp_path) -> list[dict]:
+    """Run ``target(rank, 2, port, *args, report)`` in 2 spawned processes; their JSON reports."""
     ctx = multiprocessing.get_context("spawn")
     port = free_port()
     reports = [tmp_path / f"r{r}.json" for r in range(2)]
-    procs = [ctx.Process(target=main_first_rank, args=(r, 2, port, str(tmp_path / "marker"), str(reports[r])))
-             for r in range(2)]
+    procs = [ctx.Process(target=target, args=(r, 2, port, *args, str(reports[r]))) for r in range(2)]
     for p in procs:
         p.start()
     for p in procs:
         p.join(timeout=120)
     assert all(p.exitcode == 0 for p in procs)
-    for r in reports:
-        assert json.loads(r.read_text()) == {"got": "made by rank 0", "marker_seen": True}
+    return [json.loads(r.read_text()) for r in reports]
+
+
+def test_rank_0_works_first_while_the_others_wait(tmp_path):
+    """Preprocessing under torchrun: rank 0 does the work, the others wait and receive its result."""
+    for report in _two_ranks(main_first_rank, str(tmp_path / "marker"), tmp_path=tmp_path):
+        assert report == {"got": "made by rank 0", "marker_seen": True}
+
+
+def test_the_hash_check_stops_every_rank_when_one_element_differs(tmp_path):
+    for report in _two_ranks(hash_rank, tmp_path=tmp_path):
+        assert report["error"] and report["error"].startswith("the ranks diverged at global iteration 200")
+        assert "rank 0:" in report["error"] and "rank 1:" in report["error"]
 
 
 def test_the_launcher_reports_a_killed_rank_and_stops_the_others():
