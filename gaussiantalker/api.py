@@ -282,20 +282,22 @@ def render(
 
     many = isinstance(audio, (list, tuple)) or (isinstance(audio, (str, os.PathLike)) and Path(audio).is_dir())
     devices = None if launched() else parse_devices(device)
-    if many or launched():
+    if many or (launched() and isinstance(audio, (str, os.PathLike))):  # files: sharded over the ranks
         from .infer import audio_files, render_many
 
         if callback is not None:
             raise ValueError("callback applies to one audio file rendered in one process")
         _check_model(model, workspace)
         files = audio_files(audio)
-        if launched():
+        if not launched():
+            _device_with_kernels(devices[0] if devices else device)  # before any process starts
+        else:
             from .distributed import rank_device
 
             device = rank_device(device)
         results = render_many(model, files, batch_size=batch_size, iteration=iteration, pose=pose, device=device,
                               workspace=workspace, progress=progress, paste_back=paste_back, out=out,
-                              per_file=many)
+                              per_file=many, assets=assets)
         return results if many else results[0]
     if devices is not None:  # one file cannot be sharded: the first device renders it
         log.info("one audio file: rendering on %s (give several files or a folder to use every device)", devices[0])

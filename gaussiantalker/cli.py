@@ -369,12 +369,9 @@ def _cmd_infer(args) -> int:
     from . import api
 
     audio = args.audio_path[0] if len(args.audio_path) == 1 else list(args.audio_path)
-    many = isinstance(audio, list) or Path(audio).is_dir()
-    if many and args.assets is not None:
-        raise UsageError("--assets applies to one audio file (several files load the model in each process)")
     result = api.render(name, audio, out=args.out, batch_size=args.batch_size, iteration=args.iteration,
                         pose=args.pose, device=args.gpu, workspace=ws.root, progress=_progress(args),
-                        paste_back=args.paste_back, assets=None if many else args.assets)
+                        paste_back=args.paste_back, assets=args.assets)
     for r in result if isinstance(result, list) else [result]:
         if _main_rank():
             print(f"video: {r.path}")

@@ -613,10 +613,12 @@ def audio_files(audio: Union[PathLike, Sequence[PathLike]]) -> List[Path]:
 def render_many(model, audio: Union[PathLike, Sequence[PathLike]], batch_size: int = 128,
                 iteration: Optional[int] = None, pose: str = "track", device: Any = "auto",
                 workspace: Optional[PathLike] = None, progress: bool = True, paste_back: bool = False,
-                out: Optional[PathLike] = None, per_file: bool = True) -> List[RenderResult]:
+                out: Optional[PathLike] = None, per_file: bool = True,
+                assets: Optional[PathLike] = None) -> List[RenderResult]:
     """Render many audio files, each to ``<model>/renders/<audio stem>.mp4`` (or ``out/<stem>.mp4``: ``out`` is a
     folder), sharded across the ranks of a data-parallel launch (``docs/distributed.md``). ``per_file=False``
-    (one file): it renders to ``out`` or :meth:`Talker.render`'s default ``renders/output.mp4``.
+    (one file): it renders to ``out`` or :meth:`Talker.render`'s default ``renders/output.mp4``. ``assets``: see
+    :func:`load`.
 
     One process: every file here, the model loaded once. Under ``torchrun``: rank r renders files r, r + N, ...
     on its device and every rank returns all results (gathered). ``device`` a list (``"GPU0,GPU1"``,
@@ -636,7 +638,7 @@ def render_many(model, audio: Union[PathLike, Sequence[PathLike]], batch_size: i
         results = launch(render_many, devices, str(ref), [str(f) for f in files], batch_size=batch_size,
                          iteration=iteration, pose=pose, workspace=None if workspace is None else str(workspace),
                          progress=progress, paste_back=paste_back, out=None if out is None else str(out),
-                         per_file=per_file)
+                         per_file=per_file, assets=None if assets is None else str(assets))
         return results[0]
     dev = resolve_device(this_rank_device(device))
     comm = init(dev) if launched() else SINGLE
@@ -644,7 +646,7 @@ def render_many(model, audio: Union[PathLike, Sequence[PathLike]], batch_size: i
     done: List[Tuple[int, RenderResult]] = []
     if mine:
         talker = model if isinstance(model, Talker) else load(model, iteration=iteration, device=dev,
-                                                              workspace=workspace)
+                                                              workspace=workspace, assets=assets)
         folder = Path(out) if out is not None else talker.model_dir / "renders"
         for index, path in mine:
             log.info("rank %d of %d: rendering %s", comm.rank, comm.world, path)
