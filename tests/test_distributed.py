@@ -33,7 +33,7 @@ FINAL = 15
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """One workspace: ``one`` (1 process), ``two`` (2 ranks through the launcher, ``--gpu CPU,CPU``)."""
+    """One workspace: ``one`` (1 process), ``two`` (2 ranks through the launcher: ``gt.train(device=["CPU", "CPU"])``)."""
     root = tmp_path_factory.mktemp("dist")
     dataset = make_synthetic_dataset(root / "data" / "synth", num_frames=24, size=32, num_points=300)
     cfg = tiny(**CFG)
@@ -59,7 +59,9 @@ def runs(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("OMP_NUM_THREADS", "1")
         start = time.perf_counter()
-        model = train(dataset, config=cfg, device="CPU,CPU", workspace=root, name="two", progress=False)
+        import gaussiantalker as gt  # the public verb with a device list
+
+        model = gt.train(dataset, config=cfg, device=["CPU", "CPU"], workspace=root, name="two", progress=False)
         seconds = time.perf_counter() - start
     return {"root": root, "dataset": dataset, "cfg": cfg, "edits": edits, "two": model, "seconds": seconds}
 
