@@ -162,7 +162,10 @@ def train(
         config: a preset name (``"64_dim_1_transformer"``, ``"cpu_small"``), a config file path, or a
             ``TrainConfig``; default the ``64_dim_1_transformer`` preset.
         iterations: total training iterations (default: the config's).
-        device: ``"auto"``, ``"CPU"``, ``"GPU<n>"`` or ``"cuda:<n>"``.
+        device: ``"auto"``, ``"CPU"``, ``"GPU<n>"`` or ``"cuda:<n>"``; or a list (``["GPU0", "GPU1"]``,
+            ``"GPU0,GPU1"``, ``"CPU,CPU"``) to train data-parallel, one process per entry (a video is
+            preprocessed first, in this process). Under ``torchrun`` this process is one rank
+            (``docs/distributed.md``): rank 0 preprocesses a video while the others wait.
         workspace: the workspace folder (default ``GaussianTalker``; for a dataset folder, the workspace
             that contains it).
         name: model (and, for a video, dataset) name; default the dataset's name.
@@ -194,25 +197,41 @@ def train(
         from .config import resolve_config
 
         config = resolve_config(config)
-    dev = _device_with_kernels(device)
+    from .distributed import launched, parse_devices, rank_device
+
+    devices = None if launched() else parse_devices(device)
+    if launched():
+        device = rank_device(device)
+    dev = _device_with_kernels(devices[0] if devices else device)
+    if devices is not None and callback is not None:
+        raise ValueError("a progress callback cannot follow a multi-process run (it would run in the rank "
+                         "processes); follow <model>/train_log.jsonl instead")
     if path is not None:
         if path.is_file():
-            data = preprocess(path, workspace=workspace if workspace is not None else DEFAULT_WORKSPACE,
-                              name=name, device=dev, au_csv=au_csv, assets=assets, progress=progress,
-                              callback=callback, backends=backends)
+            def prepare() -> Dataset:
+                return preprocess(path, workspace=workspace if workspace is not None else DEFAULT_WORKSPACE,
+                                  name=name, device=dev, au_csv=au_csv, assets=assets, progress=progress,
+                                  callback=callback, backends=backends)
+
+            if launched():
+                from .distributed import on_main_first
+
+                data = on_main_first(prepare, dev, "preprocessing")
+            else:
+                data = prepare()
         elif au_csv is not None:
             raise ValueError("au_csv applies to a video input; a dataset folder already has its au.csv")
     if backends and not (path is not None and path.is_file()):
         raise ValueError("backends apply to a video input; a dataset is already preprocessed")
     from .train import train as run
 
-    return run(data, config=config, iterations=iterations, device=dev, workspace=workspace, name=name,
+    return run(data, config=config, iterations=iterations, device=devices or dev, workspace=workspace, name=name,
                progress=progress, assets=assets, callback=callback, restart=restart)
 
 
 def render(
     model: Any,
-    audio: PathLike,
+    audio: Union[PathLike, Sequence[PathLike]],
     out: Optional[PathLike] = None,
     batch_size: int = 128,
     iteration: Optional[int] = None,
@@ -230,13 +249,16 @@ def render(
         model: a ``Model``, a ``Talker`` (from :func:`load`), a model folder, or a model name inside
             ``<workspace>/output/``.
         audio: an audio file (or a video's audio track), any format ffmpeg reads, or ``[T]`` float32
-            samples at 16 kHz.
+            samples at 16 kHz. Several files (a list, or a folder): each renders to
+            ``<model>/renders/<audio name>.mp4`` (``out``: a folder for them instead) and a list of results is
+            returned, one per file; with a device list (``"GPU0,GPU1"``) or under ``torchrun`` the files are
+            sharded across the ranks (``docs/distributed.md``).
         out: where to write the mp4 (default ``<model>/renders/output.mp4``, also kept as
             ``<model>/custom/ours_<k>/renders/output.mp4``).
         batch_size: frames rendered per batch.
         iteration: which saved iteration (default the newest).
         pose: ``"track"`` (the training video's head motion, looped) or ``"static"``.
-        device: ``"auto"``, ``"CPU"``, ``"GPU<n>"`` or ``"cuda:<n>"``.
+        device: ``"auto"``, ``"CPU"``, ``"GPU<n>"`` or ``"cuda:<n>"``; a list for several audio files.
         workspace: the workspace, when ``model`` is a name (default ``GaussianTalker``).
         progress: show progress bars.
         paste_back: paste the rendered face back into the full original frames (when the video was
@@ -247,7 +269,7 @@ def render(
             :mod:`gaussiantalker.progress`); an exception it raises stops the render (no file is left).
 
     Returns:
-        ``RenderResult`` (``.path``, ``.frames``, ``.seconds``, ``.fps``).
+        ``RenderResult`` (``.path``, ``.frames``, ``.seconds``, ``.fps``); a list of them for several files.
 
     Raises:
         FileNotFoundError: the audio or the model does not exist; ``IterationNotFoundError`` lists the
@@ -256,6 +278,30 @@ def render(
     """
     if batch_size <= 0:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
+    from .distributed import launched, parse_devices
+
+    many = isinstance(audio, (list, tuple)) or (isinstance(audio, (str, os.PathLike)) and Path(audio).is_dir())
+    devices = None if launched() else parse_devices(device)
+    if many or (launched() and isinstance(audio, (str, os.PathLike))):  # files: sharded over the ranks
+        from .infer import audio_files, render_many
+
+        if callback is not None:
+            raise ValueError("callback applies to one audio file rendered in one process")
+        _check_model(model, workspace)
+        files = audio_files(audio)
+        if not launched():
+            _device_with_kernels(devices[0] if devices else device)  # before any process starts
+        else:
+            from .distributed import rank_device
+
+            device = rank_device(device)
+        results = render_many(model, files, batch_size=batch_size, iteration=iteration, pose=pose, device=device,
+                              workspace=workspace, progress=progress, paste_back=paste_back, out=out,
+                              per_file=many, assets=assets)
+        return results if many else results[0]
+    if devices is not None:  # one file cannot be sharded: the first device renders it
+        log.info("one audio file: rendering on %s (give several files or a folder to use every device)", devices[0])
+        device = devices[0]
     if isinstance(audio, (str, os.PathLike)):
         _existing_file(audio, "audio file")
     _check_model(model, workspace)

@@ -59,6 +59,16 @@ def _device_arg(text: str) -> str:
     return text.strip()
 
 
+def _devices_arg(text: str) -> str:
+    """One device, or a comma-separated list (one rank per entry: ``GPU0,GPU1``, ``CPU,CPU``)."""
+    parts = [x.strip() for x in text.split(",")]
+    for part in parts:
+        if not _DEVICE.match(part) or part.lower() == "auto" and len(parts) > 1:
+            raise argparse.ArgumentTypeError(f"unknown device {part!r} in {text!r}: use GPU<n>, cuda:<n>, CPU or auto, "
+                                             f"or a list such as GPU0,GPU1 (one process per entry)")
+    return ",".join(parts)
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -97,7 +107,13 @@ def _add_common(p: argparse.ArgumentParser, suppress: bool) -> None:
                    help="debug messages, and the traceback of an error")
 
 
-def _add_gpu(p: argparse.ArgumentParser) -> None:
+def _add_gpu(p: argparse.ArgumentParser, many: bool = False) -> None:
+    if many:
+        p.add_argument("--gpu", type=_devices_arg, default="auto", metavar="DEVICE",
+                       help="GPU0, GPU1, ..., CPU, cuda:<n> or auto (default: the first GPU, else the CPU); a list "
+                            "such as GPU0,GPU1,GPU2,GPU3 (or CPU,CPU) starts one process per entry and works "
+                            "data-parallel; under torchrun leave it out (rank r uses GPU r), see docs/distributed.md")
+        return
     p.add_argument("--gpu", type=_device_arg, default="auto", metavar="DEVICE",
                    help="GPU0, GPU1, ..., CPU, cuda:<n> or auto (default: the first GPU, else the CPU)")
 
@@ -129,6 +145,8 @@ _EXAMPLES = {
   gaussiantalker train --video_path ./obama.mp4 --gpu GPU0 --au_csv ./au.csv
   gaussiantalker train --video_path ./obama.mp4 --gpu CPU --config cpu_small
   TEST_MODE=1 gaussiantalker train --video_path ./test.mp4 --gpu GPU0 --iterations 10000
+  gaussiantalker train --video_path ./obama.mp4 --gpu GPU0,GPU1,GPU2,GPU3     # data-parallel, 4 processes
+  torchrun --nproc-per-node 4 -m gaussiantalker train --video_path ./obama.mp4   (docs/distributed.md)
 
 The video is preprocessed into <workspace>/data/<name>/ first (finished steps are re-used), then the
 model is trained into <workspace>/output/<name>/, resuming from its newest checkpoint.""",
@@ -136,8 +154,10 @@ model is trained into <workspace>/output/<name>/, resuming from its newest check
   gaussiantalker infer --model_dir obama --audio_path speech.wav --gpu GPU0
   gaussiantalker infer --model_dir obama --audio_path speech.wav --gpu GPU0 --batch_size 256 --iteration 15000
   TEST_MODE=1 gaussiantalker infer --model_dir test --audio_path ./test.wav
+  gaussiantalker infer --model_dir obama --audio_path replies/ --gpu GPU0,GPU1  # one video per file, 2 processes
 
-Writes <workspace>/output/<name>/renders/output.mp4 (and custom/ours_<k>/renders/output.mp4).""",
+Writes <workspace>/output/<name>/renders/output.mp4 (and custom/ours_<k>/renders/output.mp4); several
+files or a folder: <workspace>/output/<name>/renders/<audio name>.mp4 each.""",
     "preprocess": """examples:
   gaussiantalker preprocess --video_path ./obama.mp4
   gaussiantalker preprocess --video_path ./obama.mp4 --gpu GPU0 --au_csv ./au.csv --name obama""",
@@ -186,7 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = _sub(subs, "train", "preprocess a video (re-using finished steps) and train a model (resuming)", common)
     p.add_argument("--video_path", "--video-path", required=True, metavar="VIDEO",
                    help="the training video (or an already preprocessed dataset folder)")
-    _add_gpu(p)
+    _add_gpu(p, many=True)
     p.add_argument("--iterations", type=_positive_int, metavar="N", help="training iterations (default: the config's)")
     p.add_argument("--config", metavar="PRESET_OR_FILE",
                    help="preset name (64_dim_1_transformer, cpu_small, ...) or config file "
@@ -201,8 +221,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = _sub(subs, "infer", "render a trained model saying new audio", common)
     p.add_argument("--model_dir", "--model-dir", required=True, metavar="NAME",
                    help="model name (a folder of <workspace>/output/)")
-    p.add_argument("--audio_path", "--audio-path", required=True, metavar="AUDIO", help="the audio to say")
-    _add_gpu(p)
+    p.add_argument("--audio_path", "--audio-path", required=True, metavar="AUDIO", nargs="+",
+                   help="the audio to say; several files or a folder render one video each, "
+                        "<model>/renders/<audio name>.mp4, sharded across the processes of --gpu GPU0,GPU1 or torchrun")
+    _add_gpu(p, many=True)
     p.add_argument("--batch_size", "--batch-size", type=_positive_int, default=128, metavar="N",
                    help="frames per batch (default 128)")
     p.add_argument("--iteration", type=_positive_int, metavar="K", help="saved iteration to use (default: the newest)")
@@ -305,6 +327,11 @@ def _progress(args) -> bool:
     return not args.quiet
 
 
+def _main_rank() -> bool:
+    """Whether this process prints results: not one of the other ranks under torchrun."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 def _cmd_train(args) -> int:
     ws = Workspace.at(args.workspace)
     name = _name(args.name, "--name")
@@ -316,7 +343,8 @@ def _cmd_train(args) -> int:
     model = api.train(args.video_path, config=config, iterations=args.iterations, device=args.gpu,
                       workspace=ws.root, name=name, progress=_progress(args), assets=args.assets,
                       au_csv=args.au_csv, backends=_backends(args), restart=args.fresh)
-    print(f"model: {model.path} (iteration {model.iteration})")
+    if _main_rank():
+        print(f"model: {model.path} (iteration {model.iteration})")
     return EXIT_OK
 
 
@@ -340,10 +368,13 @@ def _cmd_infer(args) -> int:
         return _plan_infer(args, ws, name)
     from . import api
 
-    result = api.render(name, args.audio_path, out=args.out, batch_size=args.batch_size, iteration=args.iteration,
+    audio = args.audio_path[0] if len(args.audio_path) == 1 else list(args.audio_path)
+    result = api.render(name, audio, out=args.out, batch_size=args.batch_size, iteration=args.iteration,
                         pose=args.pose, device=args.gpu, workspace=ws.root, progress=_progress(args),
                         paste_back=args.paste_back, assets=args.assets)
-    print(f"video: {result.path}")
+    for r in result if isinstance(result, list) else [result]:
+        if _main_rank():
+            print(f"video: {r.path}")
     return EXIT_OK
 
 
@@ -452,6 +483,13 @@ def _print_header(args, ws: Optional[Workspace]) -> None:
 def _device_note(spec: str) -> str:
     from .devices import resolve_device
 
+    if "," in spec:
+        from .distributed import parse_devices
+
+        try:
+            return f"{spec} -> {len(parse_devices(spec))} processes (data-parallel, docs/distributed.md)"
+        except ValueError as exc:
+            return f"{spec}: {exc}; a real run on this machine stops here"
     try:
         return f"{spec} -> {resolve_device(spec)}"
     except ValueError as exc:  # a dry run is often made on another machine than the real run
@@ -636,12 +674,25 @@ def _model_for_plan(ws: Workspace, name: str, iteration: Optional[int], missing:
 
 def _plan_infer(args, ws: Workspace, name: str) -> int:
     missing: List[str] = []
-    audio = _input(args.audio_path, "audio file", missing)
-    model_dir, k = _model_for_plan(ws, name, args.iteration, missing)
+    paths = list(args.audio_path)
+    if len(paths) == 1 and not Path(paths[0]).is_dir():
+        audio = [_input(paths[0], "audio file", missing)]
+        model_dir, k = _model_for_plan(ws, name, args.iteration, missing)
+        writes = [args.out] if args.out else [str(model_dir / "renders" / "output.mp4"),
+                                              str(model_dir / "custom" / f"ours_{k}" / "renders" / "output.mp4")]
+    else:
+        from .infer import audio_files
+
+        try:
+            audio = audio_files(paths)
+        except (FileNotFoundError, ValueError) as exc:
+            missing.append(str(exc))
+            audio = paths
+        model_dir, k = _model_for_plan(ws, name, args.iteration, missing)
+        folder = Path(args.out) if args.out else model_dir / "renders"
+        writes = [str(folder / f"{Path(a).stem}.mp4") for a in audio]
     _print_header(args, ws)
-    writes = [args.out] if args.out else [str(model_dir / "renders" / "output.mp4"),
-                                          str(model_dir / "custom" / f"ours_{k}" / "renders" / "output.mp4")]
-    _print_step(1, "audio features", "", [str(audio)], [], ["kept in memory"])
+    _print_step(1, "audio features", "", [str(a) for a in audio], [], ["kept in memory"])
     _print_step(2, "render", f"iteration {k}, batch size {args.batch_size}, pose {args.pose}",
                 [str(model_dir / "point_cloud" / f"iteration_{k}"), str(model_dir / "config.json")], writes)
     _print_missing(missing)

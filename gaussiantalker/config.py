@@ -311,6 +311,9 @@ class OptimizationParams:
     """Ours: TensorBoard preview images (GT | render | difference) every this many iterations."""
     tensorboard: bool = True
     """Ours: write TensorBoard logs to ``<model>/tensorboard`` when the ``tensorboard`` package is installed."""
+    hash_check_every: int = 100
+    """Ours (data-parallel runs): every this many iterations (and at the end) the ranks compare a hash of their
+    parameters and stop with an error if they differ; 0 = never (``docs/distributed.md``)."""
 
 
 _GROUPS = {
@@ -515,7 +518,8 @@ def validate(cfg: TrainConfig, origin: str = "<config>") -> None:
         bad("ModelParams.sh_degree", f"must be 0..3, got {m.sh_degree}")
     if m.resolution != -1 and m.resolution < 16:
         bad("ModelParams.resolution", f"must be -1 or at least 16, got {m.resolution}")
-    for key in ("iterations", "coarse_iterations", "max_points", "checkpoint_every", "log_every", "preview_every"):
+    for key in ("iterations", "coarse_iterations", "max_points", "checkpoint_every", "log_every", "preview_every",
+                "hash_check_every"):
         owner = o if hasattr(o, key) else m
         if getattr(owner, key) < 0:
             bad(key, f"must not be negative, got {getattr(owner, key)}")

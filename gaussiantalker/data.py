@@ -695,6 +695,15 @@ class TalkingHeadData:
         lms = _read_lms(self.path / "ori_imgs" / f"{img_id}.lms") * np.array(self.scale)
         return _Record(image=image, mask=mask, bg_torso=bg_torso, lips=lips_rect(lms, self.height, self.width))
 
+    def lips_rect_of(self, img_id: int) -> tuple[int, int, int, int]:
+        """Frame ``img_id``'s lip crop (as in :meth:`frame`) from its ``.lms`` file alone (no image decoded; cached):
+        a data-parallel run weighs its share of the lip loss by the crops of the whole batch."""
+        cache = self.__dict__.setdefault("_lips_rects", {})
+        if img_id not in cache:
+            lms = _read_lms(self.path / "ori_imgs" / f"{img_id}.lms") * np.array(self.scale)
+            cache[img_id] = lips_rect(lms, self.height, self.width)
+        return cache[img_id]
+
     def bg_torso(self, img_id: int) -> np.ndarray:
         """``[H, W, 3]`` uint8: frame ``img_id``'s torso layer over the background (reference §3.3), at the working
         resolution. Decodes only the torso PNG (what rendering needs; :meth:`frame` gives it too)."""

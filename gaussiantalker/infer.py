@@ -19,10 +19,11 @@ import os
 import shutil
 import time
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import (
+    Any,
     Callable,
     Dict,
     List,
@@ -55,8 +56,8 @@ CONTEXT_BEFORE = 4  # frame k reads the windows of frames k-4 .. k+3
 CONTEXT_AFTER = 3
 
 __all__ = [
-    "Composite", "FeatureKindUnavailableError", "RenderResult", "RenderTimings", "Talker", "is_out_of_memory", "load",
-    "render", "run_batches",
+    "AUDIO_SUFFIXES", "Composite", "FeatureKindUnavailableError", "RenderResult", "RenderTimings", "Talker",
+    "audio_files", "is_out_of_memory", "load", "render", "render_many", "run_batches",
 ]
 
 
@@ -577,6 +578,83 @@ def render(model, audio, out: Optional[PathLike] = None, batch_size: int = 128, 
         talker = load(model, iteration=iteration, device=device, workspace=workspace)
     return talker.render(audio, out=out, batch_size=batch_size, pose=pose, progress=progress, paste_back=paste_back,
                          callback=callback)
+
+
+#: File name endings taken from an audio folder (any media file with an audio stream works when named).
+AUDIO_SUFFIXES = (".wav", ".mp3", ".flac", ".m4a", ".ogg", ".opus", ".aac", ".mp4", ".mov", ".mkv", ".webm")
+
+
+def audio_files(audio: Union[PathLike, Sequence[PathLike]]) -> List[Path]:
+    """The audio files of ``audio``: a file, a folder (its files with an :data:`AUDIO_SUFFIXES` ending, sorted), or
+    a list of both. Raises FileNotFoundError for a missing path or an empty folder, ValueError when two files
+    share a name stem (their videos would overwrite each other: ``renders/<stem>.mp4``)."""
+    items = [audio] if isinstance(audio, (str, os.PathLike)) else list(audio)
+    files: List[Path] = []
+    for item in items:
+        path = Path(item).expanduser()
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES)
+            if not found:
+                raise FileNotFoundError(f"audio folder {path} has no audio files ({', '.join(AUDIO_SUFFIXES)})")
+            files += found
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise FileNotFoundError(f"audio file {path} does not exist")
+    stems: Dict[str, Path] = {}
+    for f in files:
+        if f.stem in stems:
+            raise ValueError(f"audio files {stems[f.stem]} and {f} have the same name: both would render to "
+                             f"renders/{f.stem}.mp4")
+        stems[f.stem] = f
+    return files
+
+
+def render_many(model, audio: Union[PathLike, Sequence[PathLike]], batch_size: int = 128,
+                iteration: Optional[int] = None, pose: str = "track", device: Any = "auto",
+                workspace: Optional[PathLike] = None, progress: bool = True, paste_back: bool = False,
+                out: Optional[PathLike] = None, per_file: bool = True,
+                assets: Optional[PathLike] = None) -> List[RenderResult]:
+    """Render many audio files, each to ``<model>/renders/<audio stem>.mp4`` (or ``out/<stem>.mp4``: ``out`` is a
+    folder), sharded across the ranks of a data-parallel launch (``docs/distributed.md``). ``per_file=False``
+    (one file): it renders to ``out`` or :meth:`Talker.render`'s default ``renders/output.mp4``. ``assets``: see
+    :func:`load`.
+
+    One process: every file here, the model loaded once. Under ``torchrun``: rank r renders files r, r + N, ...
+    on its device and every rank returns all results (gathered). ``device`` a list (``"GPU0,GPU1"``,
+    ``["CPU", "CPU"]``): one rank per entry, started here through torch's elastic launcher.
+
+    Returns:
+        one :class:`RenderResult` per file, in the order of :func:`audio_files`.
+    """
+    from .distributed import SINGLE, init, launch, launched, parse_devices, shard, this_rank_device
+
+    files = audio_files(audio)
+    devices = parse_devices(device)
+    if devices is not None and not launched():
+        ref = getattr(model, "source", None) or getattr(model, "model_dir", None) or getattr(model, "path", model)
+        if isinstance(model, Talker):
+            iteration = model.iteration if getattr(model, "source", None) is None else None
+        results = launch(render_many, devices, str(ref), [str(f) for f in files], batch_size=batch_size,
+                         iteration=iteration, pose=pose, workspace=None if workspace is None else str(workspace),
+                         progress=progress, paste_back=paste_back, out=None if out is None else str(out),
+                         per_file=per_file, assets=None if assets is None else str(assets))
+        return results[0]
+    dev = resolve_device(this_rank_device(device))
+    comm = init(dev) if launched() else SINGLE
+    mine = shard(list(enumerate(files)), comm.rank, comm.world)
+    done: List[Tuple[int, RenderResult]] = []
+    if mine:
+        talker = model if isinstance(model, Talker) else load(model, iteration=iteration, device=dev,
+                                                              workspace=workspace, assets=assets)
+        folder = Path(out) if out is not None else talker.model_dir / "renders"
+        for index, path in mine:
+            log.info("rank %d of %d: rendering %s", comm.rank, comm.world, path)
+            target = folder / f"{path.stem}.mp4" if per_file else out
+            done.append((index, talker.render(path, out=target, batch_size=batch_size, pose=pose, progress=progress,
+                                              paste_back=paste_back)))
+    gathered = [pair for part in comm.gather_objects(done, what="render results") for pair in part]
+    return [result for _, result in sorted(gathered, key=lambda pair: pair[0])]
 
 
 def _paste_target(target: Path) -> Path:

@@ -481,3 +481,34 @@ def test_main_leaves_the_package_logger_as_it_found_it(tmp_path):
     before = (logger.level, list(logger.handlers))
     assert main(["assets", "--quiet", "--dir", str(tmp_path)]) == 0
     assert (logger.level, list(logger.handlers)) == before
+
+
+def test_device_lists_and_many_audio_files_reach_the_api(recorders, tmp_path, capsys):
+    """``--gpu GPU0,GPU1`` (data-parallel) and ``--audio_path`` with several files (sharded renders)."""
+    assert cli.main(["train", "--video_path", "obama.mp4", "--gpu", "GPU0, GPU1,GPU2,GPU3"]) == 0
+    (_, kw), = recorders["train"].calls
+    assert kw["device"] == "GPU0,GPU1,GPU2,GPU3"
+    assert cli.main(["train", "--video_path", "obama.mp4", "--gpu", "CPU,CPU"]) == 0
+    assert recorders["train"].calls[-1][1]["device"] == "CPU,CPU"
+    (tmp_path / "b.wav").write_bytes(b"x")
+    recorders["render"].result = [SimpleNamespace(path=tmp_path / "speech.mp4"), SimpleNamespace(path=tmp_path / "b.mp4")]
+    assert cli.main(["infer", "--model_dir", "obama", "--audio_path", "speech.wav", "b.wav", "--gpu", "CPU,CPU"]) == 0
+    (args, kw), = recorders["render"].calls
+    assert args == ("obama", ["speech.wav", "b.wav"]) and kw["device"] == "CPU,CPU"
+    out = capsys.readouterr().out
+    assert "speech.mp4" in out and "b.mp4" in out
+    for bad in ("GPU0,", "GPU0,banana", "auto,auto"):
+        assert cli.main(["train", "--video_path", "obama.mp4", "--gpu", bad]) == 2
+    assert cli.main(["preprocess", "--video_path", "obama.mp4", "--gpu", "GPU0,GPU1"]) == 2  # one process
+
+
+def test_dry_run_of_many_audio_files_lists_one_video_each(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    replies = tmp_path / "replies"
+    replies.mkdir()
+    for name in ("a.wav", "b.mp3"):
+        (replies / name).write_bytes(b"x")
+    assert cli.main(["infer", "--model_dir", "obama", "--audio_path", str(replies), "--gpu", "CPU,CPU",
+                     "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "2 processes" in out and "renders/a.mp4" in out and "renders/b.mp4" in out

@@ -5,12 +5,49 @@ All encoders are batched: the original looped over frames in Python for the audi
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
+from collections.abc import Iterator, Sequence
 
 import torch
 from torch import nn
 
 Tensor = torch.Tensor
+
+_FRAME_GENERATORS: contextvars.ContextVar[Sequence[torch.Generator] | None] = contextvars.ContextVar(
+    "frame_generators", default=None)
+
+
+@contextlib.contextmanager
+def frame_dropout(generators: Sequence[torch.Generator] | None) -> Iterator[None]:
+    """Within the block, :class:`FrameDropout` layers draw the mask of frame ``b`` of a ``[B, ...]`` input from
+    ``generators[b]`` (one per frame, on the input's device) instead of from the global RNG.
+
+    The trainer seeds frame ``b``'s generator with its sample number, so a frame gets the same masks whatever
+    batch (or rank of a data-parallel run) it lands in: a 2-rank run then trains exactly the function a
+    single-process run trains (``docs/distributed.md``). None = the global RNG (``nn.Dropout``'s behaviour)."""
+    token = _FRAME_GENERATORS.set(generators)
+    try:
+        yield
+    finally:
+        _FRAME_GENERATORS.reset(token)
+
+
+class FrameDropout(nn.Dropout):
+    """``nn.Dropout`` on ``[B, ...]`` inputs whose masks can be drawn frame by frame (see :func:`frame_dropout`)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        generators = _FRAME_GENERATORS.get()
+        if generators is None or not self.training or self.p == 0.0:
+            return super().forward(x)
+        if x.ndim < 2 or x.shape[0] != len(generators):
+            raise ValueError(f"frame dropout: {len(generators)} generators for an input of shape {tuple(x.shape)}")
+        keep = 1.0 - self.p
+        mask = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+        for b, g in enumerate(generators):
+            mask[b].bernoulli_(keep, generator=g)
+        return x * mask.mul_(1.0 / keep)
 
 
 def mlp(dims: list[int], bias: bool = True) -> nn.Sequential:
@@ -96,10 +133,10 @@ class CrossAttentionLayer(nn.Module):
         self.o = nn.Linear(d_model, d_model)
         self.norm1 = nn.LayerNorm(d_model, eps=1e-12)
         self.norm2 = nn.LayerNorm(d_model, eps=1e-12)
-        self.ffn = nn.Sequential(nn.Linear(d_model, ffn_hidden), nn.ReLU(), nn.Dropout(drop_prob),
+        self.ffn = nn.Sequential(nn.Linear(d_model, ffn_hidden), nn.ReLU(), FrameDropout(drop_prob),
                                  nn.Linear(ffn_hidden, d_model))
-        self.drop1 = nn.Dropout(drop_prob)
-        self.drop2 = nn.Dropout(drop_prob)
+        self.drop1 = FrameDropout(drop_prob)
+        self.drop2 = FrameDropout(drop_prob)
 
     def forward(self, x: Tensor, tokens: Tensor) -> tuple[Tensor, Tensor]:
         """``x [B, N, d]`` or ``[N, d]`` (shared by the batch), ``tokens [B, T, d]`` -> ``([B, N, d],
@@ -214,7 +251,9 @@ __all__ = [
     "AudioEncoder",
     "CrossAttentionLayer",
     "EyeEncoder",
+    "FrameDropout",
     "SpatialAudioAttention",
+    "frame_dropout",
     "fuse_heads",
     "head",
     "init_linear",

@@ -26,6 +26,16 @@ def psnr(pred: Tensor, target: Tensor) -> Tensor:
     return (-10.0 * torch.log10(mse)).mean()
 
 
+@dataclass(frozen=True)
+class Share:
+    """One rank's part of a data-parallel batch: the weights that make the ranks' losses add up to the loss of
+    the whole batch (``docs/distributed.md``). The defaults (1, 1, 1) are a single-process run."""
+
+    frames: float = 1.0  # B_rank / B: the per-frame means (L1, D-SSIM, mask, perceptual)
+    lips: float = 1.0  # this rank's lip-crop elements / the whole batch's (the lip L1 weighs crops by their size)
+    regularisers: float = 1.0  # 1 / world size: the batch-independent terms, counted once in the sum
+
+
 @dataclass
 class LossTerms:
     """The total loss and its parts."""
@@ -54,26 +64,30 @@ class Objective:
                          key, getattr(self.h, key))
 
     def __call__(self, out: RenderOutput, target: Tensor, head_mask: Tensor, lips_rect: Tensor,
-                 model: GaussianTalkerModel) -> LossTerms:
-        """``out.image [B,3,H,W]`` vs ``target [B,3,H,W]``; ``head_mask [B,1,H,W]``; ``lips_rect [B,4]``."""
+                 model: GaussianTalkerModel, share: Share | None = None) -> LossTerms:
+        """``out.image [B,3,H,W]`` vs ``target [B,3,H,W]``; ``head_mask [B,1,H,W]``; ``lips_rect [B,4]``.
+
+        ``share``: this rank's part of a data-parallel batch (None: the whole batch); the totals of the ranks then
+        add up to the loss of the whole batch (the parts stay this batch's own values)."""
+        share = share or Share()
         img = out.image
         l1 = (img - target).abs().mean()
         s = ssim(img, target)
-        total = W_L1 * l1 + W_DSSIM * (1.0 - s)
+        total = share.frames * (W_L1 * l1 + W_DSSIM * (1.0 - s))
         parts = {"l1": l1.detach(), "ssim": s.detach()}
         if self.perceptual is not None:
             p = self.perceptual(img, target)
-            total = total + W_PERCEPTUAL * p
+            total = total + share.frames * W_PERCEPTUAL * p
             parts["perceptual"] = p.detach()
         if self.o.lip_fine_tuning:
             lips = lip_l1(img, target, lips_rect)
-            total = total + float(self.o.lip_weight) * lips
+            total = total + share.lips * float(self.o.lip_weight) * lips
             parts["lips"] = lips.detach()
         if self.o.depth_fine_tuning:
             mask = head_mask_term(out.alpha, head_mask, kind="alpha")
-            total = total + W_MASK * mask
+            total = total + share.frames * W_MASK * mask
             parts["mask"] = mask.detach()
-        total = total + self.regularisers(model, parts)
+        total = total + share.regularisers * self.regularisers(model, parts)
         return LossTerms(total, parts)
 
     def regularisers(self, model: GaussianTalkerModel, parts: dict[str, Tensor] | None = None) -> Tensor:
@@ -92,4 +106,4 @@ class Objective:
         return reg
 
 
-__all__ = ["LossTerms", "Objective", "psnr"]
+__all__ = ["LossTerms", "Objective", "Share", "psnr"]

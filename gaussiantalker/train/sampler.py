@@ -53,15 +53,22 @@ class FrameOrder:
 
 
 class BatchSampler:
-    """Infinite batch sampler for ``torch.utils.data.DataLoader(batch_sampler=...)`` from sample ``start``."""
+    """Infinite batch sampler for ``torch.utils.data.DataLoader(batch_sampler=...)`` from sample ``start``.
 
-    def __init__(self, order: FrameOrder, batch_size: int, start: int = 0) -> None:
+    ``part=(lo, hi)``: yield only rows ``lo:hi`` of each global batch of ``batch_size`` (one rank's share in a
+    data-parallel run: every rank walks the same global sequence and takes its own rows)."""
+
+    def __init__(self, order: FrameOrder, batch_size: int, start: int = 0, part: tuple[int, int] | None = None) -> None:
         self.order, self.batch_size, self.start = order, int(batch_size), int(start)
+        self.part = (0, self.batch_size) if part is None else (int(part[0]), int(part[1]))
+        if not 0 <= self.part[0] < self.part[1] <= self.batch_size:
+            raise ValueError(f"part {part} is not a non-empty row range of a batch of {self.batch_size}")
 
     def __iter__(self) -> Iterator[list[int]]:
         s = self.start
+        lo, hi = self.part
         while True:
-            yield self.order.batch(s, self.batch_size)
+            yield self.order.batch(s + lo, hi - lo)
             s += self.batch_size
 
 

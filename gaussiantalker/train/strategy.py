@@ -94,6 +94,9 @@ class DensifyStrategy:
         self.grad_accum = torch.zeros(0)
         self.denom = torch.zeros(0)
         self.max_radii = torch.zeros(0)
+        self.seed = int(o.seed)
+        #: ``reduce_max(tensor)`` in place over the ranks of a data-parallel run (None: one process)
+        self.reduce_max = None
 
     def reset(self, n: int, device) -> None:
         self.grad_accum = torch.zeros(n, device=device)
@@ -116,11 +119,30 @@ class DensifyStrategy:
         """Accumulate after backward: ``radii [B, N]``, ``means2d_grad [B, N, 3]`` (NDC gradient)."""
         if not self.enabled or means2d_grad is None:
             return
-        visible = (radii > 0).any(0)  # [N]
-        self.max_radii[visible] = torch.maximum(self.max_radii[visible], radii.max(0).values[visible].float())
-        g = means2d_grad[..., :2].sum(0).norm(dim=-1)  # [N]: the batch's gradients summed, then the norm
-        self.grad_accum[visible] += g[visible]
-        self.denom[visible] += 1
+        self.accumulate(*self.batch_statistics(radii, means2d_grad))
+
+    @staticmethod
+    @torch.no_grad()
+    def batch_statistics(radii: Tensor, means2d_grad: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """One batch's raw statistics: the screen gradient summed over the batch ``[N, 2]``, visibility ``[N]``
+        (1.0 where seen in any frame) and the largest radius ``[N]``. A data-parallel run sums the first two and
+        takes the max of the third over the ranks (``docs/distributed.md``) before :meth:`accumulate`."""
+        return means2d_grad[..., :2].sum(0), (radii > 0).any(0).to(means2d_grad.dtype), radii.max(0).values.float()
+
+    @torch.no_grad()
+    def accumulate(self, grad_sum: Tensor, visible: Tensor, radii_max: Tensor) -> None:
+        """Add one (global) batch: ``grad_sum [N, 2]``, ``visible [N]`` (> 0 = seen), ``radii_max [N]``."""
+        seen = visible > 0
+        self.max_radii[seen] = torch.maximum(self.max_radii[seen], radii_max[seen])
+        g = grad_sum.norm(dim=-1)  # [N]: the batch's gradients summed, then the norm
+        self.grad_accum[seen] += g[seen]
+        self.denom[seen] += 1
+
+    def synchronise(self) -> None:
+        """Make ``max_radii`` the maximum over the ranks (a data-parallel run keeps each rank's own maximum between
+        densification steps: cheaper than one more collective per iteration). No-op with one process."""
+        if self.reduce_max is not None:
+            self.reduce_max(self.max_radii)
 
     def due(self, iteration: int) -> bool:
         o = self.o
@@ -143,15 +165,23 @@ class DensifyStrategy:
             return False
         changed = False
         n0 = model.num_points
+        self.synchronise()
         if self._densify_due(iteration) and model.num_points < self.max_gaussians:
-            changed |= self._densify(model, optimizer)
+            changed |= self._densify(model, optimizer, iteration)
         if self._prune_due(iteration):
             changed |= self._prune(iteration, model, optimizer)
         if changed:
             log.debug("%s iteration %d: %d -> %d Gaussians", self.stage, iteration, n0, model.num_points)
         return changed
 
-    def _densify(self, model: GaussianTalkerModel, optimizer: torch.optim.Optimizer) -> bool:
+    def split_generator(self, iteration: int, device) -> torch.Generator:
+        """The generator of the split noise at ``iteration``: seeded from (seed, stage, iteration) only, so every rank
+        of a data-parallel run (and a resumed run) draws the same offsets and holds the same Gaussians."""
+        salt = 1 if self.stage == "coarse" else 2
+        return torch.Generator(device=device).manual_seed((self.seed * 1_000_033 + salt * 104_729 + int(iteration))
+                                                          % (2 ** 63))
+
+    def _densify(self, model: GaussianTalkerModel, optimizer: torch.optim.Optimizer, iteration: int = 0) -> bool:
         grads = self.grad_accum / self.denom
         grads[~torch.isfinite(grads)] = 0.0
         attrs = model.canonical_attributes()
@@ -165,7 +195,8 @@ class DensifyStrategy:
         # Split: two samples from N(0, diag(scale)) rotated by the quaternion, scale / (0.8 * 2).
         rot = quaternion_to_matrix(attrs["rotation"][split]).repeat(2, 1, 1)
         std = scales[split].repeat(2, 1)
-        offsets = torch.bmm(rot, torch.normal(torch.zeros_like(std), std).unsqueeze(-1)).squeeze(-1)
+        noise = torch.normal(torch.zeros_like(std), std, generator=self.split_generator(iteration, std.device))
+        offsets = torch.bmm(rot, noise.unsqueeze(-1)).squeeze(-1)
         new_split = {name: params[name][split].repeat(2, *([1] * (params[name].ndim - 1))) for name in GAUSSIAN_PARAMS}
         new_split["xyz"] = params["xyz"][split].repeat(2, 1) + offsets
         new_split["scaling"] = torch.log(std / (0.8 * 2))

@@ -22,14 +22,17 @@ import torch
 
 from ..config import TrainConfig, load_config
 from ..devices import resolve_device
+from ..distributed import SINGLE, Comm, batch_part
 from ..fileio import atomic_write
 from ..model.io import ModelInfo, save_iteration, save_model_info
+from ..model.networks import frame_dropout
 from ..model.talker import STAGES, GaussianTalkerModel
 from ..model.types import Conditions
 from ..progress import Progress, ProgressCallback
 from ..render.rasterize import render_batch
 from ..workspace import DEFAULT_WORKSPACE, Workspace, validate_name
 from .checkpoint import (
+    checkpoint_path,
     list_checkpoints,
     load_checkpoint,
     rng_state,
@@ -37,7 +40,8 @@ from .checkpoint import (
     set_rng_state,
 )
 from .monitor import Monitor
-from .objective import Objective, psnr
+from .objective import Objective, Share, psnr
+from .parallel import SilentMonitor, batch_share, no_frames, reduce_step
 from .sampler import BatchSampler, FrameOrder
 from .schedule import LearningRates
 from .strategy import DensifyStrategy
@@ -114,9 +118,11 @@ class Trainer:
     """One training run on one dataset into one model folder. ``run()`` trains (or resumes) to the end."""
 
     def __init__(self, data, config: TrainConfig, model_dir: Path, device: torch.device, progress: bool = True,
-                 assets: PathLike | None = None, callback: ProgressCallback | None = None) -> None:
+                 assets: PathLike | None = None, callback: ProgressCallback | None = None, comm: Comm = SINGLE) -> None:
         self.data, self.config, self.model_dir = data, config, Path(model_dir)
         self.device, self.progress, self.assets, self.callback = device, progress, assets, callback
+        #: the ranks of a data-parallel run (``docs/distributed.md``); SINGLE = one process, every collective a no-op
+        self.comm = comm
         o = config.optimization
         self.totals = {"coarse": int(o.coarse_iterations), "fine": int(o.iterations)}
         self.train_split = data.split("train")
@@ -130,6 +136,8 @@ class Trainer:
         self._lip_loss: torch.Tensor | None = None
         self._bank: tuple[torch.Tensor, torch.Tensor] | None = None
         self.strategy: DensifyStrategy | None = None
+        self._order: FrameOrder | None = None
+        self._part = (0, 1, 1)  # this rank's rows [lo, hi) of the global batch, and its size
 
     # ------------------------------------------------------------------ setup
 
@@ -175,9 +183,21 @@ class Trainer:
             if not bool(self.model.fine_ready):
                 self._calibrate_lips()
             self.model.start_fine()
+            self._broadcast_model()  # the lip calibration ran on every rank: rank 0's values for all
         self.optimizer = self._make_optimizer(stage)
-        self.strategy = DensifyStrategy(self.config, self.extent, stage)
+        self.strategy = self._make_strategy(stage)
         self.strategy.reset(self.model.num_points, self.device)
+
+    def _make_strategy(self, stage: str) -> DensifyStrategy:
+        strategy = DensifyStrategy(self.config, self.extent, stage)
+        if not self.comm.single:
+            strategy.reduce_max = lambda t: self.comm.max_(t, what="densification statistics (max radii)")
+        return strategy
+
+    def _broadcast_model(self) -> None:
+        """Rank 0's parameters and buffers to every rank (no-op with one process)."""
+        if not self.comm.single:
+            self.comm.broadcast_(list(self.model.state_dict().values()), what="model broadcast")
 
     def _make_optimizer(self, stage: str) -> torch.optim.Optimizer:
         allowed = set(self.config.optimization.train_l)
@@ -273,6 +293,14 @@ class Trainer:
         loss = (model.predict_lips(audio.to(self.device)) - target.to(self.device)).square().mean()
         self.lip_optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if not self.comm.single:
+            # Every rank ran this same step (same frames, same RNG): averaging the gradients only guards against
+            # kernels that round differently from run to run, so that the ranks stay bit-identical.
+            params = [p for g in self.lip_optimizer.param_groups for p in g["params"]]
+            self.comm.reduce_gradients(params, what="lip predictor gradient all-reduce")
+            for p in params:
+                if p.grad is not None:
+                    p.grad.div_(self.comm.world)
         self.lip_optimizer.step()
         self.lip_optimizer.zero_grad(set_to_none=True)
         self._lip_loss = loss.detach()
@@ -372,11 +400,22 @@ class Trainer:
         self.lip_optimizer = self._make_lip_optimizer()
         if self.lip_optimizer is not None and ckpt.get("lip_optimizer"):
             self.lip_optimizer.load_state_dict(ckpt["lip_optimizer"])
-        self.strategy = DensifyStrategy(self.config, self.extent, self.state.stage)
+        self.strategy = self._make_strategy(self.state.stage)
         self.strategy.load_state_dict(ckpt["strategy"], self.device)
-        set_rng_state(ckpt["rng"], self.device)
+        set_rng_state(self._rank_rng(ckpt), self.device)
         log.info("resuming %s from %s (%s stage, iteration %d)", self.model_dir, path.name, self.state.stage,
                  self.state.stage_iteration)
+
+    def _rank_rng(self, ckpt: dict[str, Any]) -> dict[str, Any]:
+        """This rank's RNG state from a checkpoint: its own when the world size is the same, else rank 0's (the
+        ranks draw identical streams by design, so any rank's state continues the run)."""
+        ranks = ckpt.get("rng_ranks") or [ckpt["rng"]]
+        if len(ranks) == self.comm.world:
+            return ranks[self.comm.rank]
+        if self.comm.world > 1 or len(ranks) > 1:
+            log.info("resuming with %d rank(s) from a checkpoint of %d: every rank takes rank 0's RNG state",
+                     self.comm.world, len(ranks))
+        return ranks[0]
 
     def prepare(self) -> None:
         """Start fresh, or resume from the newest checkpoint of the model folder."""
@@ -385,6 +424,9 @@ class Trainer:
             self._resume(self.model_dir / "checkpoints" / f"chkpnt_{found[-1]}.pth")
         else:
             self._fresh()
+        self._broadcast_model()
+        if not self.comm.is_main:
+            return
         info = ModelInfo(audio_kind=self.data.audio_kind, audio_dim=int(self.data.audio_dim),
                          dataset_path=str(Path(self.data.path).resolve()), width=int(self.data.width),
                          height=int(self.data.height), focal=float(self.data.focal))
@@ -393,6 +435,18 @@ class Trainer:
     # ------------------------------------------------------------------ checkpoints
 
     def save_checkpoint(self) -> Path:
+        """Write ``chkpnt_<global iteration>.pth``. Called by every rank of a data-parallel run (it gathers each
+        rank's RNG state); rank 0 alone writes, and no rank goes on before the file is complete."""
+        s = self.state
+        self.strategy.synchronise()
+        rngs = self.comm.gather_objects(rng_state(self.device), what="checkpoint (RNG states)")
+        path = checkpoint_path(self.model_dir, s.global_iteration)
+        if self.comm.is_main:
+            self._write_checkpoint(rngs)
+        self.comm.barrier("checkpoint barrier")
+        return path
+
+    def _write_checkpoint(self, rngs: list[dict[str, Any]]) -> Path:
         s = self.state
         payload = {
             "progress": {"stage": s.stage, "stage_iteration": s.stage_iteration, "consumed": s.consumed,
@@ -402,7 +456,9 @@ class Trainer:
             "lip_optimizer": _to_cpu(self.lip_optimizer.state_dict()) if self.lip_optimizer is not None else None,
             "scheduler": {"stage": s.stage, "step": s.stage_iteration, "lr": self.lrs.at(s.stage_iteration)},
             "strategy": self.strategy.state_dict(),
-            "rng": rng_state(self.device),
+            "rng": rngs[0],
+            "rng_ranks": rngs,  # every rank's (identical by design; a resume with the same world size uses its own)
+            "world_size": self.comm.world,
             "config": self.config.to_dict(),
         }
         return save_checkpoint(self.model_dir, s.global_iteration, payload)
@@ -412,12 +468,17 @@ class Trainer:
     def _loader(self, stage: str, batch_size: int):
         from ..data import collate
 
-        order = FrameOrder(len(self.train_split), self.config.optimization.seed, stage, self._repeats(stage))
+        order = self._order = FrameOrder(len(self.train_split), self.config.optimization.seed, stage,
+                                         self._repeats(stage))
+        lo, hi = batch_part(batch_size, self.comm.rank, self.comm.world)
+        self._part = (lo, hi, batch_size)
+        if lo == hi:  # more ranks than frames in a batch (the coarse stage's 1): this rank renders nothing
+            return no_frames()
         workers = self.config.optimization.num_workers
         if workers < 0:
             workers = 4 if self.device.type == "cuda" else 0
         loader = torch.utils.data.DataLoader(
-            self.train_split, batch_sampler=BatchSampler(order, batch_size, self.state.consumed),
+            self.train_split, batch_sampler=BatchSampler(order, batch_size, self.state.consumed, (lo, hi)),
             collate_fn=collate, num_workers=workers, pin_memory=self.device.type == "cuda",
             # A private generator: creating a loader must not draw from the global RNG (resume = same stream).
             generator=torch.Generator().manual_seed(int(self.config.optimization.seed)))
@@ -446,40 +507,82 @@ class Trainer:
         return min(bs, n)
 
     def _iteration(self, stage: str, it: int, batch) -> dict[str, Any]:
+        """One step on this rank's rows of the global batch (all of it with one process; None: no rows)."""
         model, opt = self.model, self.optimizer
         self.lrs.apply(opt, it)
         if self._raise_sh_degree(stage, it) and int(model.active_sh_degree) < model.max_sh_degree:
             model.active_sh_degree += 1
-        batch = batch.to(self.device, non_blocking=True)
+        lo, hi, total = self._part
+        noise = None
+        if stage == "fine" and model.lip_dim:
+            # Drawn for the whole global batch on every rank, then sliced: the RNG streams (and the noise of each
+            # frame) are those of a single-process run whatever the number of ranks.
+            noise = torch.randn((total, model.lip_dim), device=self.device)[lo:hi]
+        out = terms = None
+        if batch is not None:
+            batch = batch.to(self.device, non_blocking=True)
+            out, terms = self._forward(stage, it, batch, noise)
+            loss = terms.total
+        else:  # a rank without frames still carries its share of the regularisers
+            loss = self.objective.regularisers(model) / self.comm.world
+        loss.backward()
+        if self.comm.single:
+            self.strategy.observe(out.radii, out.means2d.grad if out.means2d is not None else None)
+            loss_value, psnr_value = loss.detach(), psnr(out.image.detach().clamp(0, 1), batch.target)
+        else:
+            loss_value, psnr_value = reduce_step(self.comm, opt, self.strategy, model.num_points, self._part, out,
+                                                 batch.target if batch is not None else None, loss)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        self.strategy.step(it, model, opt)
+        self._lip_step(stage)
+        parts = dict(terms.parts) if terms is not None else {}
+        if self._lip_loss is not None:
+            parts["lip_code"] = self._lip_loss
+        return {"loss": loss_value, "psnr": psnr_value, "out": out, "batch": batch, "parts": parts}
+
+    def _frame_generators(self, stage: str, lo: int, hi: int) -> list[torch.Generator]:
+        """The dropout generators of the frames ``lo:hi`` of the global batch, seeded by each frame's sample number
+        in the stage's stream: a frame gets the same dropout masks whatever rank renders it."""
+        seed, salt = int(self.config.optimization.seed), 1 if stage == "coarse" else 2
+        start = self.state.consumed
+        return [torch.Generator(device=self.device).manual_seed((seed * 998_244_353 + salt * 1_000_003 + start + j)
+                                                                 % (2 ** 63)) for j in range(lo, hi)]
+
+    def _forward(self, stage: str, it: int, batch, noise: torch.Tensor | None):
+        """Render this rank's frames and compute their (share-weighted) loss."""
+        model = self.model
+        lo, hi, total = self._part
         cond = None
         if stage == "fine":
             lips = None
             if model.lip_dim:  # teacher forcing: the tracked code, with noise the predicted codes will bring
                 lips = batch.lips[:, : model.lip_dim]
-                lips = lips + float(self.config.optimization.lip_code_noise) * torch.randn_like(lips)
+                lips = lips + float(self.config.optimization.lip_code_noise) * noise
             cond = Conditions(batch.audio, batch.eye, batch.cam, lips).to(self.device)
-        g = model.deform(stage, cond)
+        with frame_dropout(self._frame_generators(stage, lo, hi) if stage == "fine" else None):
+            g = model.deform(stage, cond)
         finite = torch.stack([torch.isfinite(t).all() for t in (g.means, g.scales, g.rotations, g.opacities, g.shs)])
         if not bool(finite.all()):
             raise TrainingError(f"the Gaussians are not finite at {stage} iteration {it} (global iteration "
                                 f"{self.state.global_iteration + 1})")
         out = render_batch(g, batch.cameras, batch.bg_torso)
-        terms = self.objective(out, batch.target, batch.head_mask, batch.lips_rect.cpu(), model)
-        loss = terms.total
-        if not bool(torch.isfinite(loss)):
+        terms = self.objective(out, batch.target, batch.head_mask, batch.lips_rect.cpu(), model, self._share(batch))
+        if not bool(torch.isfinite(terms.total)):
             raise TrainingError(f"the loss is not finite at {stage} iteration {it} (global iteration "
                                 f"{self.state.global_iteration + 1}); parts: "
                                 f"{ {k: float(v) for k, v in terms.parts.items()} }")
-        loss.backward()
-        self.strategy.observe(out.radii, out.means2d.grad if out.means2d is not None else None)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        self.strategy.step(it, model, opt)
-        self._lip_step(stage)
-        if self._lip_loss is not None:
-            terms.parts["lip_code"] = self._lip_loss
-        return {"loss": loss.detach(), "psnr": psnr(out.image.detach().clamp(0, 1), batch.target), "out": out,
-                "batch": batch, "parts": terms.parts}
+        return out, terms
+
+    def _share(self, batch) -> Share | None:
+        """This rank's weights in the loss of the global batch (None with one process)."""
+        if self.comm.single:
+            return None
+        rects = None
+        if self.config.optimization.lip_fine_tuning:
+            ids = self._order.batch(self.state.consumed, self._part[2])
+            rects = [self.data.lips_rect_of(self.train_split.img_ids[k]) for k in ids]
+        return batch_share(self.comm, self._part, batch.lips_rect if rects else None, rects)
 
     def _raise_sh_degree(self, stage: str, it: int) -> bool:
         """One more SH band every ``sh_degree_interval`` iterations of a stage (the original's 1000), but not when
@@ -495,8 +598,10 @@ class Trainer:
             self.prepare()
         every = int(self.config.optimization.checkpoint_every)
         total = sum(self.totals.values())
+        main = self.comm.is_main
         monitor = Monitor(self.model_dir, self.config, total, self.state.global_iteration, self.progress,
-                          self.callback)
+                          self.callback) if main else SilentMonitor()
+        check_every = int(self.config.optimization.hash_check_every)
         try:
             for stage in STAGES:
                 if STAGES.index(stage) < STAGES.index(self.state.stage):
@@ -522,21 +627,28 @@ class Trainer:
                     g = self.state.global_iteration
                     last = g == total
                     saved = bool(every and g % every == 0) or last
+                    if not self.comm.single and check_every and (g % check_every == 0 or last):
+                        self.comm.check_identical(self.model.state_dict(), f"global iteration {g}")
                     if saved:
-                        if stage == "fine":
+                        if stage == "fine" and main:
                             save_iteration(self.model_dir, it, self.model)
                         self.save_checkpoint()
-                    if stage == "fine" and self._preview_due(it):
+                    if stage == "fine" and main and self._preview_due(it):
                         result["mouth"] = self.held_out_mouth()
                     try:
                         monitor.update(g, stage, self.model.num_points, result)
                     except BaseException:  # the caller's callback stopped us: between iterations, so resumable
-                        if not saved:
+                        if not saved and self.comm.single:
                             self.save_checkpoint()
+                        elif not saved:  # the other ranks are in the next step: no collective checkpoint now
+                            log.warning("stopped by the callback on rank 0; the other ranks stop too, and the run "
+                                        "resumes from the last periodic checkpoint")
                         raise
             self._finish_coarse_only()
         finally:
             monitor.close()
+        if not main:  # rank 0 alone evaluates and writes metrics.json
+            return self._handle(None)
         if self.callback is not None:
             g = self.state.global_iteration
             self.callback(Progress(stage="evaluate", iteration=g, total=total, points=self.model.num_points,
@@ -549,7 +661,8 @@ class Trainer:
         if self.totals["fine"] == 0:
             if not bool(self.model.fine_ready):
                 self.model.start_fine()
-            save_iteration(self.model_dir, 0, self.model)
+            if self.comm.is_main:
+                save_iteration(self.model_dir, 0, self.model)
 
     def _handle(self, metrics: dict[str, float] | None) -> Model:
         from ..model.io import list_iterations
@@ -690,7 +803,10 @@ def train(dataset_or_path: Any, config: Any = None, iterations: int | None = Non
             else the ``64_dim_1_transformer`` preset.
         iterations: fine-stage iterations (the original's ``--iterations``; the coarse stage keeps
             ``coarse_iterations``); None = the config's.
-        device: ``auto``, ``CPU``, ``GPU<n>`` or ``cuda:<n>``.
+        device: ``auto``, ``CPU``, ``GPU<n>`` or ``cuda:<n>``; or a list (``["GPU0", "GPU1"]``, ``"GPU0,GPU1"``,
+            ``"CPU,CPU"``): one rank per entry, started here through torch's elastic launcher, training one model
+            data-parallel (``docs/distributed.md``). Under ``torchrun`` this process is one rank: ``auto`` = GPU
+            ``LOCAL_RANK`` (the CPU without CUDA), a list = its entry ``LOCAL_RANK``.
         workspace: workspace folder; None = the one containing the dataset (``<ws>/data/<name>``), else
             ``./GaussianTalker``. The model goes to ``<workspace>/output/<name>/``.
         name: model name; None = the dataset's folder name.
@@ -707,19 +823,45 @@ def train(dataset_or_path: Any, config: Any = None, iterations: int | None = Non
         FileNotFoundError: missing dataset or config. ValueError: bad name, device or config.
         TrainingError: a non-finite loss (named with its iteration).
         DatasetMismatchError: (a ValueError) the model folder's checkpoints come from another dataset.
+        DistributedError: (data-parallel runs) a rank died or stopped answering, or the ranks diverged.
     """
+    from ..distributed import init, launch, launched, parse_devices, this_rank_device
+
+    devices = parse_devices(device)
+    if devices is not None and not launched():  # a device list: start one rank per device, then join them
+        if callback is not None:
+            raise ValueError("a progress callback cannot follow a multi-process run (it would run in the rank "
+                             "processes); follow <model>/train_log.jsonl instead")
+        if config is not None and not isinstance(config, TrainConfig):
+            config = load_config(config)  # a bad config fails here, once, not in every rank
+        results = launch(train, devices, str(_dataset_path(dataset_or_path)), config=config, iterations=iterations,
+                         workspace=None if workspace is None else str(workspace), name=name, progress=progress,
+                         assets=None if assets is None else str(assets), restart=restart)
+        return results[0]
+    dev = resolve_device(this_rank_device(device))
+    comm = init(dev)
+    data_path = _dataset_path(dataset_or_path)
+    with _IsolatedRng(dev):
+        return _train_on(data_path, comm, dev, config=config, iterations=iterations, workspace=workspace, name=name,
+                         progress=progress, assets=assets, callback=callback, restart=restart)
+
+
+def _train_on(data_path: Path, comm: Comm, dev: torch.device, config: Any, iterations: int | None,
+              workspace: PathLike | None, name: str | None, progress: bool, assets: PathLike | None,
+              callback: ProgressCallback | None, restart: bool) -> Model:
+    """:func:`train` in this process, one rank of ``comm`` (rank 0 alone edits the model folder)."""
     from ..data import TalkingHeadData
     from .fingerprint import check_dataset, discard_training, record_dataset
 
-    dev = resolve_device(device)
-    data_path = _dataset_path(dataset_or_path)
     ws = _workspace_for(data_path, workspace)
     model_name = validate_name(name) if name is not None else validate_name(data_path.name)
     model_dir = ws.model_dir(model_name)
-    if restart and model_dir.is_dir():
-        removed = discard_training(model_dir)
-        if removed:
-            log.warning("restart: discarded %s of %s", ", ".join(removed), model_dir)
+    if comm.is_main:
+        if restart and model_dir.is_dir():
+            removed = discard_training(model_dir)
+            if removed:
+                log.warning("restart: discarded %s of %s", ", ".join(removed), model_dir)
+    comm.barrier("start barrier")  # every rank sees the folder as rank 0 left it
     resuming = bool(list_checkpoints(model_dir))
     if resuming:
         check_dataset(model_dir, data_path)  # a different video under the same name must not resume
@@ -731,12 +873,13 @@ def train(dataset_or_path: Any, config: Any = None, iterations: int | None = Non
     m = cfg.model
     data = TalkingHeadData.open(data_path, resolution=None if m.resolution == -1 else m.resolution,
                                 cache_mb=m.cache_mb)
-    model_dir.mkdir(parents=True, exist_ok=True)
-    if not resuming:
-        record_dataset(model_dir, data_path)
-    with _IsolatedRng(dev):
-        trainer = Trainer(data, cfg, model_dir, dev, progress=progress, assets=assets, callback=callback)
-        return trainer.run()
+    if comm.is_main:
+        model_dir.mkdir(parents=True, exist_ok=True)
+        if not resuming:
+            record_dataset(model_dir, data_path)
+    trainer = Trainer(data, cfg, model_dir, dev, progress=progress and comm.is_main, assets=assets,
+                      callback=callback if comm.is_main else None, comm=comm)
+    return trainer.run()
 
 
 __all__ = ["Model", "Trainer", "TrainingError", "train"]
