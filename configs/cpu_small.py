@@ -19,8 +19,9 @@ ModelHiddenParams = dict(
     ffn_hidden=128,
     n_layer=1,
     drop_prob=0.2,
-    # Ours: the audio path predicts a 6-component lip code (taught by the tracked mouth landmarks) and the
-    # attention's audio token encodes that code; see docs/quality.md for the ablation that chose it.
+    # Ours: the audio path predicts a 6-component lip code (taught by the tracked mouth landmarks; a kernel
+    # regression fitted before training, lip_predictor="kernel", the default) and the attention's audio token
+    # encodes that code; see docs/quality.md for the ablation that chose it.
     lip_code_dim=6,
 )
 OptimizationParams = dict(

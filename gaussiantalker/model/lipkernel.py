@@ -6,9 +6,9 @@ audio window is fitted in closed form, in seconds, and predicts the tracked lip 
 (5-fold contiguous cross-validation of the mouth opening read out of the code: German 20 s 0.56 vs 0.26 for
 the network, French 50 s 0.63; docs/quality.md).
 
-Input: the centre window of each frame's 8-window audio context (16 rows x D features around the frame),
+Input: the frame's own window and the next frame's of its 8-window audio context (2 x 16 rows x D features),
 standardised per input with the training statistics. Kernel: Gaussian RBF ``exp(-|a - b|^2 / F)`` on the
-``F = 16 D`` standardised inputs. Fit: the Nystroem form of kernel ridge regression with at most
+``F = 32 D`` standardised inputs. Fit: the Nystroem form of kernel ridge regression with at most
 ``max_centres`` centres (all training rows when there are fewer, which is then exact kernel ridge):
 ``alpha = (K_nm^T K_nm + lambda K_mm)^-1 K_nm^T (Y - mean Y)``.
 """
@@ -22,6 +22,9 @@ __all__ = ["KernelLipPredictor"]
 
 CENTRE_WINDOW = 4
 """Index of the frame's own window in the 8-window audio context (see gaussiantalker.data.audio_context)."""
+WINDOWS = (CENTRE_WINDOW, CENTRE_WINDOW + 1)
+"""The windows the predictor reads: the frame's own and the next frame's (lips move ahead of the sound they
+make: from the frame's window alone the rendered mouth came out one frame late, best lag +1 on both clips)."""
 
 
 class KernelLipPredictor(nn.Module):
@@ -32,7 +35,8 @@ class KernelLipPredictor(nn.Module):
     def __init__(self, audio_dim: int, code_dim: int) -> None:
         super().__init__()
         self.audio_dim, self.code_dim = int(audio_dim), int(code_dim)
-        f = 16 * self.audio_dim
+        f = len(WINDOWS) * 16 * self.audio_dim
+        self.register_buffer("windows", torch.tensor(WINDOWS, dtype=torch.long))
         self.register_buffer("feat_mean", torch.zeros(f))
         self.register_buffer("feat_std", torch.ones(f))
         self.register_buffer("centres", torch.zeros(0, f))
@@ -46,7 +50,7 @@ class KernelLipPredictor(nn.Module):
     def _inputs(self, audio: Tensor) -> Tensor:
         if audio.ndim != 4 or audio.shape[1:] != (8, 16, self.audio_dim):
             raise ValueError(f"audio must have shape [B, 8, 16, {self.audio_dim}], got {tuple(audio.shape)}")
-        return audio[:, CENTRE_WINDOW].reshape(audio.shape[0], -1)
+        return audio[:, self.windows.tolist()].reshape(audio.shape[0], -1)
 
     def _kernel(self, a: Tensor, b: Tensor) -> Tensor:
         d2 = (a * a).sum(1, keepdim=True) + (b * b).sum(1)[None] - 2.0 * a @ b.T
@@ -100,8 +104,13 @@ class KernelLipPredictor(nn.Module):
         return self
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        # The fit decides the number of centres: take the saved shapes before copying.
-        for name in ("centres", "alpha"):
+        # The fit decides the number of centres, and the saved model the windows it reads (the first kernel
+        # models, without a ``windows`` entry, read the frame's own window only): take the saved shapes first.
+        key = prefix + "windows"
+        if key not in state_dict and prefix + "feat_mean" in state_dict:
+            count = state_dict[prefix + "feat_mean"].shape[0] // (16 * self.audio_dim)
+            state_dict[key] = torch.arange(CENTRE_WINDOW, CENTRE_WINDOW + count, dtype=torch.long)
+        for name in ("windows", "feat_mean", "feat_std", "centres", "alpha"):
             saved = state_dict.get(prefix + name)
             if saved is not None and saved.shape != getattr(self, name).shape:
                 setattr(self, name, torch.zeros(saved.shape, dtype=saved.dtype, device=getattr(self, name).device))
