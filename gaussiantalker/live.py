@@ -14,9 +14,9 @@ sample, "what is heard now" (:meth:`LiveSession.audio`). A worker thread renders
   on screen. Its audio windows are computed with silence before and after it, so the mouth opens and
   closes with the sound (no cut), and the same samples go on the audio timeline from the same frame:
   video frame ``n`` and audio sample ``n * rate / 25`` are one instant (A/V aligned by construction).
-* **Barge-in.** :meth:`LiveSession.interrupt` cuts the utterance two frames after the one on screen (with
-  a 10 ms fade), re-renders the frames ahead with the cut audio's windows (the mouth closes over a few
-  frames) and drops what was rendered of the rest.
+* **Barge-in.** :meth:`LiveSession.interrupt` cuts the utterance's sound at the next frame (with a 10 ms
+  fade), drops the replies queued after it and renders the frames not yet made with the cut audio's
+  windows (the mouth closes over a few frames).
 * **Late frames.** When a frame is not rendered by the time it is due, the previous image is shown again
   (``LiveFrame.fresh`` is False) and the worker skips ahead: the lips stay on the sound, the picture
   stutters. :attr:`LiveSession.stats` counts both.
@@ -410,11 +410,12 @@ class LiveSession:
         return utt
 
     def interrupt(self) -> Optional[Utterance]:
-        """Barge-in: cut the utterance being spoken :data:`LEAD` frames after the frame on screen and drop the
-        queued ones; the frames ahead are rendered again with the cut audio (the mouth closes). Returns the cut
-        utterance, or None when nothing was being said."""
+        """Barge-in: the sound of the utterance being spoken stops with the next frame (a 10 ms fade), the queued
+        ones are dropped, and the frames not yet rendered are rendered with the cut audio's windows (the mouth
+        closes over a few frames). Returns the cut utterance, or None when nothing was being said."""
         with self._cond:
-            cut = self._playhead + 1 + max(LEAD, self._lag_frames() + 1)
+            cut = self._playhead + 1  # the sound stops here
+            video_cut = cut + max(LEAD, self._lag_frames() + 1)  # frames from here are rendered again
             live = [p for p in self._plans if p.utt.start_frame + p.utt.speech_frames > cut]
             if not live:
                 return None
@@ -425,10 +426,11 @@ class LiveSession:
                 self._plans.remove(p)
                 self._utts.remove(p.utt)
             utt = first.utt
-            if cut <= utt.start_frame:  # not started yet: dropped as a whole
+            utt.interrupted_at, utt.interrupt_called = cut, now
+            if cut <= utt.start_frame:  # not heard yet: dropped as a whole
                 self._plans.remove(first)
                 self._utts.remove(utt)
-                utt.interrupted_at, utt.interrupt_called, utt.stopped_shown = cut, now, now
+                utt.stopped_shown = now
                 self._changed(cut)
                 return utt
             keep = (cut - utt.start_frame) * self.samples_per_frame
@@ -438,13 +440,12 @@ class LiveSession:
                 samples[keep - fade:] *= np.linspace(1.0, 0.0, fade, dtype=np.float32)
             utt.samples = samples
             utt.speech_frames = cut - utt.start_frame
-            utt.interrupted_at, utt.interrupt_called = cut, now
             x16 = _resample(samples, self.audio_rate, SAMPLE_RATE)
         windows = self._windows(x16, utt.speech_frames)
         with self._cond:
             if first in self._plans:
                 first.windows = windows
-                self._changed(cut)
+                self._changed(video_cut)
         return utt
 
     def _windows(self, x16: np.ndarray, speech_frames: int) -> np.ndarray:
