@@ -213,9 +213,11 @@ class IdleFrames:
             self._renders += 1
         return out
 
-    def seconds_per_frame(self) -> float:
-        """Median render time of one frame over the last few renders (0 before any)."""
-        return float(np.median(self._times)) if self._times else 0.0
+    def seconds_per_frame(self, slow: bool = False) -> float:
+        """Median (``slow``: 90th percentile) render time of one frame over the last few renders (0 before any)."""
+        if not self._times:
+            return 0.0
+        return float(np.percentile(self._times, 90) if slow else np.median(self._times))
 
 
 def _silence_window(talker: Talker) -> np.ndarray:
@@ -523,8 +525,10 @@ class LiveSession:
             return None
 
     def _lag_frames(self) -> int:
-        """Frames that pass while one frame renders (from the recent render times; 0 when faster than 25 fps)."""
-        return int(self.idle.seconds_per_frame() * FPS)
+        """Frames that may pass while one frame renders: from the slowest of the recent render times, plus one
+        frame of margin when rendering is slower than the clock (a frame that comes late is thrown away)."""
+        t = self.idle.seconds_per_frame(slow=True)
+        return 0 if t * FPS < 0.8 else int(np.ceil(t * FPS))
 
     def _store(self, n: int, plan, gen: int, image: np.ndarray, rendered: bool, seconds: float) -> None:
         with self._cond:

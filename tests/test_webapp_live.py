@@ -17,7 +17,7 @@ pytest.importorskip("uvicorn", reason="the live tests serve the app with uvicorn
 pytest.importorskip("aiortc", reason="live sessions need aiortc (pip install aiortc)")
 
 import _webapp_helpers as H  # noqa: E402
-from live_client import LiveClient, audio_onsets, http  # noqa: E402
+from examples.webapp.live_client import LiveClient, audio_onsets, http  # noqa: E402
 
 from examples.webapp import Settings, create_app  # noqa: E402
 from gaussiantalker.audio import write_wav  # noqa: E402

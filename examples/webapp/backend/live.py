@@ -185,6 +185,7 @@ class LiveConversation:
                 "speaking": s.speaking, "frame": s.playhead, "width": s.width, "height": s.height,
                 "turns": self.turns[-20:], "stats": s.stats.as_dict(),
                 "video_frames": self.stats.get("video_frames", 0), "audio_frames": self.stats.get("audio_frames", 0),
+                "idle_loop": {"cached": s.idle.cached, "complete": s.idle.missing() is None},
                 "error": one_line(s.error) if s.error is not None else None}
 
     def say_samples(self, samples: np.ndarray, turn: Dict[str, Any]) -> Dict[str, Any]:

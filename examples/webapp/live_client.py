@@ -1,12 +1,19 @@
-"""A small aiortc client of the web app's live sessions (tests and ``benchmarks/live.py``): connects, records
-every decoded video and audio frame with its media timestamp and arrival time, and feeds a microphone track
-from a numpy buffer that can be switched from silence to a recording at any moment."""
+"""A small Python client of the web app's live sessions (aiortc), used by the tests and ``benchmarks/live.py``
+and an example for other clients: it sends an SDP offer to ``POST /api/live/offer``, records every decoded
+video and audio frame with its media timestamp and arrival time, calls ``/say``, and feeds a microphone
+track from a numpy buffer that can be switched from silence to a recording at any moment.
+
+    async with LiveClient("http://127.0.0.1:8000", "obama") as c:
+        await c.wait_video(50)
+        await c.say(text="Hello!")
+"""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import time
+import urllib.error
 import urllib.request
 from fractions import Fraction
 from typing import List, Optional, Tuple
