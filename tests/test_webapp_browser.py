@@ -41,15 +41,20 @@ def server(ws):
 
 
 @pytest.fixture(scope="module")
-def browser(tmp_path_factory):
-    with sync_api.sync_playwright() as pw:
-        context = pw.chromium.launch_persistent_context(
-            str(tmp_path_factory.mktemp("chromium_profile")), executable_path=str(H.CHROMIUM), headless=True,
-            args=H.CHROMIUM_ARGS, viewport={"width": 1100, "height": 1000})
-        try:
-            yield context
-        finally:
-            context.close()
+def playwright():
+    with sync_api.sync_playwright() as pw:  # one per thread: every browser of this module comes from it
+        yield pw
+
+
+@pytest.fixture(scope="module")
+def browser(playwright, tmp_path_factory):
+    context = playwright.chromium.launch_persistent_context(
+        str(tmp_path_factory.mktemp("chromium_profile")), executable_path=str(H.CHROMIUM), headless=True,
+        args=H.CHROMIUM_ARGS, viewport={"width": 1100, "height": 1000})
+    try:
+        yield context
+    finally:
+        context.close()
 
 
 @pytest.fixture(scope="module")
@@ -206,7 +211,7 @@ def test_pages_work_with_a_token(browser, ws, tmp_path):
             page.close()
 
 
-def test_chat_page_live_conversation_over_webrtc(ws, tmp_path, artifacts):
+def test_chat_page_live_conversation_over_webrtc(playwright, ws, tmp_path, artifacts):
     """Chromium's fake devices feed a wav (1.5 s of silence, a spoken sentence, silence) as the microphone: the
     page starts a live session, the <video> plays live frames of the avatar, the sentence goes through
     ASR -> echo -> TTS and the avatar answers."""
@@ -226,8 +231,8 @@ def test_chat_page_live_conversation_over_webrtc(ws, tmp_path, artifacts):
         app = create_app(Settings(workspace=ws, device="cpu"))
     args = [*H.CHROMIUM_ARGS, "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
             f"--use-file-for-fake-audio-capture={mic}%noloop"]
-    with H.serve(app) as url, sync_api.sync_playwright() as pw:
-        context = pw.chromium.launch_persistent_context(
+    with H.serve(app) as url:
+        context = playwright.chromium.launch_persistent_context(
             str(tmp_path / "profile"), executable_path=str(H.CHROMIUM), headless=True, args=args,
             viewport={"width": 1100, "height": 1300}, permissions=["microphone"])
         try:

@@ -7,6 +7,7 @@ image, so a change of the mouth region can only come from speech."""
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 
 import numpy as np
@@ -247,3 +248,24 @@ def test_live_microphone_turn_asr_echo_tts(server, tmp_path):
         assert k in t["timings"], k
 
 
+
+
+def test_aiortc_after_the_librarys_tensorflow_does_not_crash(tmp_path):
+    """``import tensorflow`` then aiortc's ``pylibsrtp`` segfaults (measured); the library imports it before
+    TensorFlow (``gaussiantalker._import_order``), so a server that has preprocessed a video (MediaPipe,
+    TensorFlow) can still open live sessions. Checked in a fresh process."""
+    import importlib.util
+    import subprocess
+    import sys
+
+    if importlib.util.find_spec("tensorflow") is None:
+        pytest.skip("TensorFlow not installed: nothing to crash")
+    code = ("import sys\n"
+            "from gaussiantalker.audio._tf_graph import import_tensorflow\n"
+            "import_tensorflow()\n"
+            "assert 'tensorflow' in sys.modules\n"
+            "from aiortc import RTCPeerConnection\n"
+            "print('ALIVE')\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          cwd=str(H.REPO), env={**os.environ, "PYTHONPATH": str(H.REPO)})
+    assert proc.returncode == 0 and "ALIVE" in proc.stdout, proc.stderr[-2000:]

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import logging
 import re
-import sys
 from contextlib import asynccontextmanager
 from dataclasses import fields
 from pathlib import Path
@@ -245,13 +244,13 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
 
 
 def _import_torchvision_first() -> None:
-    """A training job imports TensorFlow (MediaPipe preprocessing); importing torchvision after TensorFlow in
-    one process crashes it (DESIGN.md, "Measured crash"). The server is one long process that runs every job,
-    so it imports torchvision (used by the optional perceptual loss / LPIPS) first, when it is installed."""
-    import importlib.util
+    """A training job imports TensorFlow (MediaPipe preprocessing); importing torchvision or aiortc's pylibsrtp
+    after TensorFlow in one process crashes it (measured; ``gaussiantalker._import_order``). The server is one
+    long process that runs every job, so it imports them (the optional perceptual loss / LPIPS, the live
+    sessions) first, when they are installed."""
+    from gaussiantalker._import_order import before_tensorflow
 
-    if importlib.util.find_spec("torchvision") is not None and "tensorflow" not in sys.modules:
-        import torchvision  # noqa: F401
+    before_tensorflow()
 
 
 def _device(spec: str) -> str:
