@@ -322,6 +322,11 @@ class LiveSession:
                     got = LiveFrame(n, self._last.image, self._last.speaking, False, self._last.utterance)
             self._mark_shown(got)
             self._last = got
+            if n % 25 == 0:  # forget utterances whose plan and sound are over
+                heard = n * self.samples_per_frame
+                active = {id(p.utt) for p in self._plans}
+                self._utts = [u for u in self._utts if id(u) in active
+                              or u.start_frame * self.samples_per_frame + u.samples.shape[0] > heard]
             self._cond.notify_all()
         return got
 
@@ -469,10 +474,7 @@ class LiveSession:
     def _plan_at(self, n: int) -> Optional[_Plan]:
         """The utterance plan frame ``n`` belongs to (lock held); plans that ended before it are dropped."""
         while self._plans and self._plans[0].utt.end_frame <= min(n, self._playhead + 1):
-            done = self._plans.pop(0)
-            if done.utt.start_frame * self.samples_per_frame + done.utt.samples.shape[0] \
-                    <= self._playhead * self.samples_per_frame:
-                self._utts.remove(done.utt)
+            self._plans.pop(0)  # its utterance stays on the audio timeline until frame() forgets it
         for p in self._plans:
             if p.utt.start_frame <= n < p.utt.end_frame:
                 return p

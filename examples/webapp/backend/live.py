@@ -242,13 +242,22 @@ class LiveConversation:
     def _listen(self) -> None:
         o = self.manager.options
         vad = Vad(o.vad_threshold, o.vad_start_frames, o.vad_end_s)
-        stream = self.manager.asr_stream()
+        try:
+            stream = self.manager.asr_stream()
+        except StageError as exc:  # no streaming recogniser: whole sentences go to transcribe()
+            log.warning("live %s: %s; recognising whole sentences instead", self.id, exc)
+            stream = None
         pre: List[np.ndarray] = []  # the last few frames before the VAD fires: the sentence's beginning
         speech: List[np.ndarray] = []
         onset = 0.0
         while True:
-            chunk = self._mic.get()
-            if chunk is None:
+            try:
+                chunk = self._mic.get(timeout=0.5)
+            except queue.Empty:
+                if self._closed:
+                    return
+                continue
+            if chunk is None or self._closed:
                 return
             event = vad.push(chunk)
             now = time.perf_counter()
@@ -339,7 +348,10 @@ class LiveConversation:
             return
         self._closed = True
         self.state = "closed"
-        self._mic.put(None)
+        try:
+            self._mic.put_nowait(None)
+        except queue.Full:  # a busy listener sees _closed at its next piece
+            pass
         self.session.close()
         if self.pc is not None:
             try:
