@@ -35,7 +35,7 @@ def test_listening_speaking_listening_on_one_pose_cursor(talker):
         assert all(np.array_equal(f.image, idle[0].image) for f in idle)  # still head, mouth at rest
         assert idle[0].image.shape == (talker.height, talker.width, 3)
         utt = s.say(voice(1.0))
-        assert utt.start_frame == s.playhead + 3  # LEAD frames after the one on screen (rendering is fast)
+        assert utt.start_frame >= s.playhead + 3  # LEAD frames after the one on screen, more if rendering is slow
         seq = frames(s, 6, utt.end_frame + 4)
         speaking = [f for f in seq if f.speaking]
         assert [f.index for f in speaking] == list(range(utt.start_frame, utt.end_frame))
