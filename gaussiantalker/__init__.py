@@ -38,6 +38,7 @@ _TYPES = {
     "EvaluationResult": "gaussiantalker.evaluate",
     "ExportResult": "gaussiantalker.export",
     "Progress": "gaussiantalker.progress",
+    "LiveSession": "gaussiantalker.live",
 }
 
 __all__ = ["__version__", "preprocess", "train", "render", "load", "evaluate", "export", *_TYPES]

@@ -1,6 +1,7 @@
 """The three pages in a real headless Chromium (Debian's ``chromium``, driven by Playwright; no browser
-download): a training job from the page, a generated video that plays, and the chat loop
-ASR -> echo -> TTS -> video from an uploaded wav. Screenshots of the pages are saved as test artefacts
+download): a training job from the page, a generated video that plays, the chat loop
+ASR -> echo -> TTS -> video from an uploaded wav, and the live (WebRTC) conversation with a fake microphone
+that plays a wav. Screenshots of the pages are saved as test artefacts
 (``$GT_TEST_ARTIFACTS/webapp`` when set, else a temporary folder whose path is printed)."""
 
 from __future__ import annotations
@@ -40,15 +41,20 @@ def server(ws):
 
 
 @pytest.fixture(scope="module")
-def browser(tmp_path_factory):
-    with sync_api.sync_playwright() as pw:
-        context = pw.chromium.launch_persistent_context(
-            str(tmp_path_factory.mktemp("chromium_profile")), executable_path=str(H.CHROMIUM), headless=True,
-            args=H.CHROMIUM_ARGS, viewport={"width": 1100, "height": 1000})
-        try:
-            yield context
-        finally:
-            context.close()
+def playwright():
+    with sync_api.sync_playwright() as pw:  # one per thread: every browser of this module comes from it
+        yield pw
+
+
+@pytest.fixture(scope="module")
+def browser(playwright, tmp_path_factory):
+    context = playwright.chromium.launch_persistent_context(
+        str(tmp_path_factory.mktemp("chromium_profile")), executable_path=str(H.CHROMIUM), headless=True,
+        args=H.CHROMIUM_ARGS, viewport={"width": 1100, "height": 1000})
+    try:
+        yield context
+    finally:
+        context.close()
 
 
 @pytest.fixture(scope="module")
@@ -203,3 +209,71 @@ def test_pages_work_with_a_token(browser, ws, tmp_path):
             assert page.text_content("#error") == ""
         finally:
             page.close()
+
+
+def test_chat_page_live_conversation_over_webrtc(playwright, ws, tmp_path, artifacts):
+    """Chromium's fake devices feed a wav (1.5 s of silence, a spoken sentence, silence) as the microphone: the
+    page starts a live session, the <video> plays live frames of the avatar, the sentence goes through
+    ASR -> echo -> TTS and the avatar answers."""
+    if not H.espeak_available():
+        pytest.skip("espeak-ng is absent (apt-get install espeak-ng): the default TTS and the test's speech")
+    pytest.importorskip("aiortc", reason="live sessions need aiortc (pip install aiortc)")
+    import numpy as np
+
+    from gaussiantalker.audio import load_audio, write_wav
+
+    speech = load_audio(H.speech_wav(tmp_path / "q.wav", "hello world how are you today"))
+    mic = write_wav(tmp_path / "mic.wav", np.concatenate([np.zeros(24000, np.float32), speech,
+                                                           np.zeros(48000, np.float32)]))
+    with pytest.MonkeyPatch.context() as mp:
+        for var in ("GT_LLM_BASE_URL", "GT_LLM_MODEL", "GT_LLM_API_KEY"):
+            mp.delenv(var, raising=False)
+        app = create_app(Settings(workspace=ws, device="cpu"))
+    args = [*H.CHROMIUM_ARGS, "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+            f"--use-file-for-fake-audio-capture={mic}%noloop"]
+    with H.serve(app) as url:
+        context = playwright.chromium.launch_persistent_context(
+            str(tmp_path / "profile"), executable_path=str(H.CHROMIUM), headless=True, args=args,
+            viewport={"width": 1100, "height": 1300}, permissions=["microphone"])
+        try:
+            page = context.new_page()
+            errors = []
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            page.goto(f"{url}/chat_system.html")
+            page.wait_for_function("() => [...document.querySelector('#model').options].some(o => o.value === 'tiny')")
+            page.select_option("#model", "tiny")
+            page.click("#live-start")
+            # live frames: requestVideoFrameCallback counts frames the <video> presents
+            page.wait_for_function("() => { const v = document.querySelector('#avatar'); return v.readyState >= 2 && "
+                                   "v.videoWidth > 0; }", timeout=TIMEOUT_MS)
+            page.evaluate("""() => { const v = document.querySelector('#avatar'); window.liveFrames = 0;
+                const tick = () => { window.liveFrames++; v.requestVideoFrameCallback(tick); };
+                v.requestVideoFrameCallback(tick); }""")
+            t0 = page.evaluate("() => document.querySelector('#avatar').currentTime")
+            page.wait_for_function("() => window.liveFrames >= 25", timeout=TIMEOUT_MS)
+            assert page.evaluate("() => document.querySelector('#avatar').currentTime") > t0
+            assert page.evaluate("() => document.querySelector('#avatar').videoWidth") == 48
+            assert page.evaluate("() => document.querySelector('#avatar').paused") is False
+            # the spoken sentence comes back as a live turn: transcript, echo reply, first frame timing
+            page.wait_for_function("() => document.querySelector('#live-turns').textContent.includes('Avatar:')",
+                                   timeout=TIMEOUT_MS)
+            page.wait_for_function("() => document.querySelector('#live-timings').textContent.includes('in all') && "
+                                   "!document.querySelector('#live-timings').textContent.includes('- in all')",
+                                   timeout=TIMEOUT_MS)
+            turns = page.text_content("#live-turns")
+            assert "You:" in turns and "echo - not an LLM" in turns
+            frames_before = page.evaluate("() => window.liveFrames")
+            page.wait_for_timeout(1000)
+            frames_after = page.evaluate("() => window.liveFrames")
+            print(f"\nlive page: {turns.strip()!r}; {page.text_content('#live-timings')}; "
+                  f"{frames_after - frames_before} frames presented in 1 s")
+            assert frames_after - frames_before >= 10
+            assert page.text_content("#live-error") == ""
+            page.screenshot(path=str(artifacts / "chat_system_live.png"), full_page=True)
+            session = page.get_attribute("#avatar", "data-session")
+            page.click("#live-stop")
+            page.wait_for_function("() => document.querySelector('#live-status').textContent === 'stopped'")
+            assert app.state.live.sessions.get(session) is None
+            assert not errors, f"JavaScript errors on the page: {errors}"
+        finally:
+            context.close()

@@ -32,6 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quota-mb", type=float, default=10240.0,
                    help="keep uploads plus rendered videos under this many MiB, oldest deleted first "
                         "(default 10240; 0: no quota)")
+    p.add_argument("--max-live-sessions", type=int, default=2,
+                   help="live (WebRTC) conversations at once; the next is refused until one closes (default 2)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     return p
 
@@ -52,7 +54,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             hosts.append(args.host)
     settings = Settings(workspace=Path(args.workspace), max_upload_mb=args.max_upload_mb, device=args.device,
                         chat_config=args.chat_config, allowed_hosts=tuple(hosts),
-                        retention_days=args.retention_days, storage_quota_mb=args.quota_mb)
+                        retention_days=args.retention_days, storage_quota_mb=args.quota_mb,
+                        max_live_sessions=args.max_live_sessions)
     if not is_loopback(args.host) and not settings.token:
         print(f"refusing to bind to {args.host}: the app has no other protection there; set GT_WEBAPP_TOKEN to a "
               "secret (and --allowed-host to the name the browser uses), or bind to 127.0.0.1")

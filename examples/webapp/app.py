@@ -16,6 +16,10 @@ with a 4xx/5xx status; the server never stops on bad input):
 ``GET  /api/jobs``           ``?kind=train|generate|chat``: job records, newest first
 ``GET  /api/jobs/{id}``      one job record (state, progress, log tail, result, error)
 ``POST /api/jobs/{id}/cancel``
+``POST /api/live/offer``     JSON ``{"sdp", "type", "model"[, "mode"]}`` -> ``{"sdp", "type", "session"}`` (WebRTC)
+``POST /api/live/{s}/say``   JSON ``{"text"}`` (TTS -> avatar) or an audio body (straight to the avatar)
+``GET  /api/live/{s}``       the session: state, speaking, turns with their timings
+``DELETE /api/live/{s}``     close the session
 ===========================  ==================================================================
 
 Rendered videos are served from ``<workspace>/webapp/static/videos`` at ``/static/videos/``.
@@ -30,7 +34,6 @@ from __future__ import annotations
 
 import logging
 import re
-import sys
 from contextlib import asynccontextmanager
 from dataclasses import fields
 from pathlib import Path
@@ -47,6 +50,7 @@ from gaussiantalker.workspace import InvalidNameError, Workspace
 
 from .backend.chat_engine import ChatEngine, ChatRequest, StageError
 from .backend.jobs import Job, JobManager, JobNotFoundError, one_line
+from .backend.live import LiveManager, LiveOptions, LiveUnavailable, SessionNotFound
 from .backend.model_trainer import ModelTrainer, TrainRequest
 from .backend.retention import Retention, ids_in
 from .backend.security import RequestGuard
@@ -127,16 +131,19 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
         log.info("training job %s (%s) queued again after the restart", job.id, job.params.get("name"))
     retention.sweep()  # after restore: what the restored jobs use is protected
 
+    live = LiveManager(cache, chat, LiveOptions(max_sessions=s.max_live_sessions, loop_frames=s.live_loop_frames))
+
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         chat.warm()
         yield
+        await live.shutdown()
         jobs.shutdown()
 
     app = FastAPI(title="gaussiantalker web app", lifespan=lifespan)
     app.add_middleware(RequestGuard, allowed_hosts=s.allowed_hosts, token=s.token)
     app.state.settings, app.state.jobs, app.state.cache, app.state.chat = s, jobs, cache, chat
-    app.state.retention = retention
+    app.state.retention, app.state.live = retention, live
     _errors(app)
     app.mount("/static/videos", StaticFiles(directory=s.videos_dir), name="videos")
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
@@ -151,7 +158,7 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
     @app.get("/api/status")
     def status():
         return {"workspace": str(s.workspace), "devices": trainer.devices(), "configs": trainer.configs(),
-                "max_upload_mb": s.max_upload_mb, "render_device": cache.device, "chat": chat.status()}
+                "max_upload_mb": s.max_upload_mb, "render_device": cache.device, "chat": chat.status(), "live": live.status()}
 
     @app.get("/api/models")
     def models():
@@ -203,17 +210,47 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
     def cancel_job(job_id: str):
         return _job_json(jobs.cancel(_checked_job_id(job_id)))
 
+    @app.post("/api/live/offer")
+    async def live_offer(request: Request):
+        return await live.offer(await _json(request))
+
+    @app.post("/api/live/{session}/say")
+    async def live_say(session: str, request: Request):
+        live.get(session)  # 404 before reading a body
+        ctype = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+        if ctype == "application/json":
+            body = await _json(request)
+            if not isinstance(body, dict) or set(body) != {"text"} or not isinstance(body["text"], str):
+                raise ValueError('say takes JSON {"text": "..."} or an audio file as the body')
+            if not body["text"].strip():
+                raise ValueError("text is empty")
+            return await live.say(session, text=body["text"][:2000])
+        if not (ctype.startswith("audio/") or ctype.startswith("video/") or ctype == "application/octet-stream"):
+            raise UploadError(f"say takes application/json or an audio body, not {ctype or 'no content type'!r}",
+                              status=415)
+        tmp = await uploads.receive("audio", "say.wav", request.stream(), request.headers.get("content-length"))
+        up = await run_in_threadpool(uploads.store, "audio", "say.wav", tmp)  # probed like any upload
+        return await live.say(session, audio_path=Path(up.path))
+
+    @app.get("/api/live/{session}")
+    def live_get(session: str):
+        return live.public(session)
+
+    @app.delete("/api/live/{session}")
+    async def live_close(session: str):
+        return await live.close(session)
+
     return app
 
 
 def _import_torchvision_first() -> None:
-    """A training job imports TensorFlow (MediaPipe preprocessing); importing torchvision after TensorFlow in
-    one process crashes it (DESIGN.md, "Measured crash"). The server is one long process that runs every job,
-    so it imports torchvision (used by the optional perceptual loss / LPIPS) first, when it is installed."""
-    import importlib.util
+    """A training job imports TensorFlow (MediaPipe preprocessing); importing torchvision or aiortc's pylibsrtp
+    after TensorFlow in one process crashes it (measured; ``gaussiantalker._import_order``). The server is one
+    long process that runs every job, so it imports them (the optional perceptual loss / LPIPS, the live
+    sessions) first, when they are installed."""
+    from gaussiantalker._import_order import before_tensorflow
 
-    if importlib.util.find_spec("torchvision") is not None and "tensorflow" not in sys.modules:
-        import torchvision  # noqa: F401
+    before_tensorflow()
 
 
 def _device(spec: str) -> str:
@@ -264,6 +301,7 @@ def _errors(app: FastAPI) -> None:
 
     # Starlette picks the handler of the most specific class in the exception's MRO.
     for exc_type, status in ((InvalidNameError, 400), (StageError, 503), (JobNotFoundError, 404),
+                             (SessionNotFound, 404), (LiveUnavailable, 503),
                              (ModelNotFound, 404), (FileNotFoundError, 404), (ValueError, 400)):
         app.add_exception_handler(exc_type, status_of(status))
 

@@ -79,10 +79,9 @@ def import_tensorflow(protect_torchvision: bool = True):
     with _LOCK:
         fresh = sys.modules.get("tensorflow") is None
         if fresh and protect_torchvision:
-            try:
-                import torchvision  # noqa: F401  (must precede tensorflow: the other order segfaults)
-            except ImportError:
-                pass  # no torchvision in this environment: nothing to protect
+            from .._import_order import before_tensorflow
+
+            before_tensorflow()  # torchvision (and aiortc's pylibsrtp): after tensorflow they segfault
         if fresh:
             # Quiet TensorFlow's C++ start-up banner unless the user chose a level.
             os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

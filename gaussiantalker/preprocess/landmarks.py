@@ -41,7 +41,6 @@ import importlib
 import importlib.util
 import logging
 import os
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator, List, Optional, Sequence, Tuple, Union
@@ -193,11 +192,9 @@ def import_mediapipe_solution(name: str, purpose: str):
         name: the solution module, e.g. ``"face_mesh"``, ``"selfie_segmentation"``.
         purpose: what it is needed for, for the error message.
     """
-    if "torchvision" not in sys.modules and importlib.util.find_spec("torchvision") is not None:
-        if "tensorflow" in sys.modules:
-            logger.warning("TensorFlow was imported before torchvision; importing torchvision later may crash")
-        else:
-            importlib.import_module("torchvision")
+    from .._import_order import before_tensorflow
+
+    before_tensorflow()  # torchvision and aiortc's pylibsrtp segfault when loaded after TensorFlow
     try:
         return importlib.import_module(f"mediapipe.python.solutions.{name}")
     except ImportError as exc:

@@ -103,6 +103,41 @@ class PocketSphinxASR:
             hyp = d.hyp()
         return hyp.hypstr.strip() if hyp is not None else ""
 
+    def stream(self) -> "PocketSphinxStream":
+        """A recogniser fed while the user speaks (live sessions): its own decoder, loaded now."""
+        return PocketSphinxStream(self.options)
+
+
+class PocketSphinxStream:
+    """Incremental recognition: :meth:`begin`, :meth:`push` 16 kHz int16 pieces as they arrive, :meth:`end` ->
+    the words. Decoding happens during :meth:`push`, so little is left to do when the sentence ends."""
+
+    def __init__(self, options: Dict[str, Any]) -> None:
+        try:
+            from pocketsphinx import Decoder
+        except ImportError:
+            raise StageError("ASR: pocketsphinx is not installed (pip install pocketsphinx)") from None
+        self._decoder = Decoder(samprate=16000, loglevel="FATAL", **options)
+        self._open = False
+
+    def begin(self) -> None:
+        if self._open:
+            self._decoder.end_utt()
+        self._decoder.start_utt()
+        self._open = True
+
+    def push(self, pcm) -> None:
+        if self._open:
+            self._decoder.process_raw(pcm.tobytes(), False, False)
+
+    def end(self) -> str:
+        if not self._open:
+            return ""
+        self._decoder.end_utt()
+        self._open = False
+        hyp = self._decoder.hyp()
+        return hyp.hypstr.strip() if hyp is not None else ""
+
 
 # --------------------------------------------------------------------------------------------- LLM
 class EchoLLM:

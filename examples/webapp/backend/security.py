@@ -33,7 +33,7 @@ TOKEN_HEADER = "x-gt-token"
 #: Content types a cross-site ``<form>`` (or a "simple" fetch) may send without a CORS preflight.
 FORM_TYPES = ("text/plain", "application/x-www-form-urlencoded", "multipart/form-data")
 #: Endpoints whose POST body is JSON.
-JSON_ENDPOINTS = ("/api/train", "/api/generate", "/api/chat")
+JSON_ENDPOINTS = ("/api/train", "/api/generate", "/api/chat", "/api/live/offer")
 
 
 def split_host(value: str) -> str:

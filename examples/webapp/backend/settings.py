@@ -39,6 +39,10 @@ class Settings:
     """Frames in each later streamed reply segment (2 s at 25 fps)."""
     max_talkers: int = 2
     """Loaded models kept in memory (least recently used dropped first)."""
+    max_live_sessions: int = 2
+    """Live (WebRTC) sessions at once; the next offer is refused (503) until one closes."""
+    live_loop_frames: int = 125
+    """Listening head motion of a live session: ping-pong over the first this many tracked frames (5 s)."""
     allowed_hosts: Tuple[str, ...] = ()
     """Host names the server answers to besides 127.0.0.1 / localhost / ::1 (plus ``GT_WEBAPP_ALLOWED_HOSTS``,
     comma-separated); any other ``Host`` header (a rebound DNS name) is refused."""
@@ -61,6 +65,8 @@ class Settings:
             raise ValueError("retention_days, storage_quota_mb and stale_part_hours must not be negative")
         if self.max_upload_mb <= 0:
             raise ValueError(f"max_upload_mb must be positive, got {self.max_upload_mb}")
+        if self.max_live_sessions < 0 or self.live_loop_frames < 1:
+            raise ValueError("max_live_sessions must be >= 0 and live_loop_frames >= 1")
         if self.first_segment_frames <= 0 or self.segment_frames <= 0:
             raise ValueError("segment sizes must be positive frame counts")
 
