@@ -3,7 +3,7 @@
 * :func:`render` — one call: audio in, mp4 out (H.264 + AAC, 25 fps, ``round(25 x duration)`` frames).
 * :func:`load` — a :class:`Talker` that keeps the model, the tracked pose/background sequence and the
   feature extractor in memory for many renders; :meth:`Talker.stream` yields frames as audio arrives;
-  :meth:`Talker.live` is an always-on avatar (:mod:`gaussiantalker.live`).
+  :class:`gaussiantalker.live.LiveSession` on a Talker is an always-on avatar.
 
 Per batch of frames: audio-feature windows of the driving audio (the model's feature kind), the pose,
 blink and torso/background of the pose schedule (:mod:`gaussiantalker.render.poses`: ping-pong over all
@@ -494,15 +494,6 @@ class Talker:
         if rest.shape[0]:
             buf = np.concatenate([buf, rest])
         yield from emit(buf_start + buf.shape[0])
-
-    def live(self, loop_frames: int = 125, ahead: int = 4, audio_rate: int = 48000, idle_cache_mb: float = 512.0):
-        """A :class:`gaussiantalker.live.LiveSession` on this model: frames on a 25 fps clock that listen (head
-        motion, blinks, mouth closed), speak the audio given to ``say()``, and listen again. Not started:
-        use ``with talker.live() as s:`` or ``s.start()``; see :mod:`gaussiantalker.live`."""
-        from .live import LiveSession
-
-        return LiveSession(self, loop_frames=loop_frames, ahead=ahead, audio_rate=audio_rate,
-                           idle_cache_mb=idle_cache_mb)
 
     def _crop(self):
         from .render.paste import Crop

@@ -32,14 +32,20 @@ import time
 import weakref
 from collections import deque
 from dataclasses import dataclass
-from typing import Deque, Dict, Iterator, List, Optional, Tuple
+from typing import TYPE_CHECKING, Deque, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 import torch
 
-from .infer import FPS, SAMPLE_RATE, Talker
+from .audio.io import SAMPLE_RATE
 from .render.poses import PoseSchedule, blend_c2w
 from .render.video import to_uint8
+
+if TYPE_CHECKING:  # annotations only: at run time the session needs the instance, not the module
+    from .infer import Talker
+
+FPS = 25.0
+"""Frames per second of every render (the same as :data:`gaussiantalker.infer.FPS`; a test ties them)."""
 
 log = logging.getLogger(__name__)
 

@@ -29,7 +29,7 @@ def frames(session: LiveSession, start: int, stop: int):
 
 
 def test_listening_speaking_listening_on_one_pose_cursor(talker):
-    with talker.live(loop_frames=1, ahead=2) as s:
+    with LiveSession(talker, loop_frames=1, ahead=2) as s:
         idle = frames(s, 0, 6)
         assert all(f.fresh and not f.speaking for f in idle)
         assert all(np.array_equal(f.image, idle[0].image) for f in idle)  # still head, mouth at rest
@@ -94,3 +94,9 @@ def test_bad_arguments(talker):
         LiveSession(talker, audio_rate=44101)
     with LiveSession(talker) as s, pytest.raises(ValueError):
         s.say(np.zeros(0, np.float32))
+
+
+def test_live_constants_match_the_renderer():
+    from gaussiantalker import infer, live
+
+    assert live.FPS == infer.FPS and live.SAMPLE_RATE == infer.SAMPLE_RATE
