@@ -23,13 +23,14 @@ BEFORE_TENSORFLOW = ("torchvision", "pylibsrtp")
 
 def before_tensorflow(names=BEFORE_TENSORFLOW) -> None:
     """Import each of ``names`` that is installed and not imported yet, unless TensorFlow is already loaded
-    (then importing them would crash: a warning is logged instead)."""
+    (then importing them would crash; only a debug message: most processes, e.g. ``train`` from the command line,
+    never import them, and the web app calls this at start, before anything loads TensorFlow)."""
     for name in names:
         if name in sys.modules or importlib.util.find_spec(name) is None:
             continue
         if "tensorflow" in sys.modules:
-            log.warning("TensorFlow was imported before %s; importing %s later in this process may crash it",
-                        name, name)
+            log.debug("TensorFlow was imported before %s; importing %s later in this process may crash it",
+                      name, name)
             continue
         importlib.import_module(name)
 
