@@ -15,9 +15,7 @@ Prints a table and writes ``benchmarks/results/distributed.json``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -28,6 +26,8 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
+
+from _result import write_result  # noqa: E402
 
 
 def _sync(device: torch.device) -> None:
@@ -185,17 +185,8 @@ def main() -> None:
         print(f"  1 process x {args.threads} threads  {render['one_fps']:7.2f} frames/s")
         print(f"  {args.ranks} ranks x {max(1, args.threads // args.ranks)} thread(s)  {render['many_fps']:7.2f} "
               f"frames/s (process start included)   ratio {render['speedup']:.2f}")
-    result = {
-        "benchmark": "distributed", "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "load_average_1min": os.getloadavg()[0],
-                    "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
-        "threads": args.threads, "ranks": args.ranks, "batch": args.batch, "iterations_timed": args.iterations,
-        "train": train, "gpus": gpus, "render": render,
-    }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"\nwritten {out}")
+    write_result(args.out, "distributed", threads=args.threads, ranks=args.ranks, batch=args.batch,
+                 iterations_timed=args.iterations, train=train, gpus=gpus, render=render)
 
 
 if __name__ == "__main__":

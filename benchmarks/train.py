@@ -13,9 +13,6 @@ Prints a table and writes ``benchmarks/results/train.json``. CUDA is measured wh
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import sys
 import tempfile
 import time
@@ -24,6 +21,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from _result import write_result  # noqa: E402  (benchmarks/, the script's own folder)
 
 from gaussiantalker.config import load_config
 from gaussiantalker.data import TalkingHeadData
@@ -98,17 +97,7 @@ def main() -> None:
                       f"coarse {row['coarse']['iterations_per_second']:7.3f} it/s   "
                       f"fine (B={row['fine']['batch_size']}) {row['fine']['iterations_per_second']:7.3f} it/s "
                       f"({row['fine']['frames_per_second']:.2f} frames/s)", flush=True)
-    result = {
-        "benchmark": "train", "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-                    "load_average_1min": os.getloadavg()[0],
-                    "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
-        "iterations_timed": args.iterations, "max_fine_batch": args.max_fine_batch, "rows": rows,
-    }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"\nwritten {out}")
+    write_result(args.out, "train", iterations_timed=args.iterations, max_fine_batch=args.max_fine_batch, rows=rows)
 
 
 if __name__ == "__main__":
