@@ -25,12 +25,11 @@ class FrameOrder:
     def __init__(self, n: int, seed: int, stage: str, repeat: Sequence[int] | None = None) -> None:
         if n < 1:
             raise ValueError("the training split has no frames")
-        self.frames = int(n)
         if repeat is None:
-            self._items = list(range(self.frames))
+            self._items = list(range(int(n)))
         else:
-            if len(repeat) != self.frames or any(int(r) < 1 for r in repeat):
-                raise ValueError(f"repeat must give every one of the {self.frames} frames a count >= 1")
+            if len(repeat) != int(n) or any(int(r) < 1 for r in repeat):
+                raise ValueError(f"repeat must give every one of the {int(n)} frames a count >= 1")
             self._items = [i for i, r in enumerate(repeat) for _ in range(int(r))]
         self.n, self.seed, self.stage = len(self._items), int(seed), stage
         self._epoch = -1

@@ -134,7 +134,7 @@ class Trainer:
         self.optimizer: torch.optim.Optimizer | None = None
         self.lip_optimizer: torch.optim.Optimizer | None = None
         self._lip_loss: torch.Tensor | None = None
-        self._bank: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._bank: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
         self.strategy: DensifyStrategy | None = None
         self._order: FrameOrder | None = None
         self._part = (0, 1, 1)  # this rank's rows [lo, hi) of the global batch, and its size
@@ -222,10 +222,14 @@ class Trainer:
         hold = int(n * float(self.config.optimization.lip_code_holdout))
         return n - hold if stage == "coarse" and n - hold >= 8 else n
 
+    def _train_openings(self) -> torch.Tensor:
+        """``[n]``: the tracked mouth opening of each training frame (NaN where a frame has none)."""
+        return self.data.mouth_opening[torch.tensor(self.train_split.img_ids)]
+
     def _closed_code(self) -> torch.Tensor:
         """``[K]``: the mean tracked code of the training frames whose mouth is most closed (opening at or below
         its 10th percentile): the target for silence and noise."""
-        opening = self.data.mouth_opening[torch.tensor(self.train_split.img_ids)]
+        opening = self._train_openings()
         closed = opening <= torch.quantile(opening[torch.isfinite(opening)], 0.1)
         return self.train_split.lips[closed, : self.model.lip_dim].mean(0)
 
@@ -237,8 +241,8 @@ class Trainer:
         the mouth. Computed once (MFCC runs ~600x real time); None for other feature kinds or without aud.wav."""
         if not self.config.optimization.lip_code_augment:
             return None
-        if getattr(self, "_bank", None) is not None or not self.model.lip_dim:
-            return getattr(self, "_bank", None)
+        if self._bank is not None or not self.model.lip_dim:
+            return self._bank
         wav = Path(self.data.path) / "aud.wav"
         if self.data.audio_kind != "mfcc" or not wav.is_file():
             return None
@@ -259,12 +263,13 @@ class Trainer:
             codes.append(split.lips[:, : self.model.lip_dim])
             rows.append(idx)
         frames = 50  # 2 s of each level
+        closed = self._closed_code().expand(frames, -1)
         for level_db in (None, -70.0, -55.0, -40.0):
             noise = np.zeros(frames * 640, np.float32) if level_db is None else \
                 rng.standard_normal(frames * 640).astype(np.float32) * 10 ** (level_db / 20)
             w = torch.from_numpy(extract_features(noise, "mfcc", num_frames=frames).windows)
             windows.append(audio_context(w, torch.arange(frames)))
-            codes.append(self._closed_code().expand(frames, -1))
+            codes.append(closed)
             rows.append(torch.full((frames,), -1, dtype=torch.long))
         self._bank = (torch.cat(windows), torch.cat(codes), torch.cat(rows))
         log.info("lip code: %d extra predictor samples (noisy speech, silence and noise -> closed mouth)",
@@ -345,12 +350,18 @@ class Trainer:
         else:
             log.info("lip code: %d training frames, too few to cross-validate; gain 1", n)
         model.lip_regression.load_state_dict(fit(torch.ones(x.shape[0], dtype=torch.bool)).state_dict())
-        span = true.max(0).values - true.min(0).values
+        model.lip_gain.copy_(gain.to(model.lip_gain.device))
+        self._set_lip_range(true)
+
+    @torch.no_grad()
+    def _set_lip_range(self, lips: torch.Tensor) -> None:
+        """The calibrated codes' centre (the tracked codes' mean) and clamp range (their range + 10 % each side)."""
+        model = self.model
+        span = lips.max(0).values - lips.min(0).values
         dev = model.lip_center.device
-        model.lip_center.copy_(true.mean(0).to(dev))
-        model.lip_gain.copy_(gain.to(dev))
-        model.lip_low.copy_((true.min(0).values - 0.1 * span).to(dev))
-        model.lip_high.copy_((true.max(0).values + 0.1 * span).to(dev))
+        model.lip_center.copy_(lips.mean(0).to(dev))
+        model.lip_low.copy_((lips.min(0).values - 0.1 * span).to(dev))
+        model.lip_high.copy_((lips.max(0).values + 0.1 * span).to(dev))
 
     @torch.no_grad()
     def _calibrate_lips(self) -> None:
@@ -363,11 +374,7 @@ class Trainer:
         from ..data import audio_context
 
         lips = self.train_split.lips[:, : model.lip_dim]
-        with torch.no_grad():
-            model.lip_center.copy_(lips.mean(0))
-            span = lips.max(0).values - lips.min(0).values
-            model.lip_low.copy_(lips.min(0).values - 0.1 * span)
-            model.lip_high.copy_(lips.max(0).values + 0.1 * span)
+        self._set_lip_range(lips)
         start, n = self._lip_pool("coarse"), len(self.train_split)
         if n - start < 8 or self.state.global_iteration < 100:  # the predictor steps once per iteration
             log.info("lip code: no calibration (too few held-out frames or predictor steps); gain 1")
@@ -491,7 +498,7 @@ class Trainer:
         k = int(self.config.optimization.open_mouth_repeat)
         if stage != "fine" or k <= 1:
             return None
-        opening = self.data.mouth_opening[torch.tensor(self.train_split.img_ids)]
+        opening = self._train_openings()
         ok = torch.isfinite(opening)
         if int(ok.sum()) < 4:
             return None
