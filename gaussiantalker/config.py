@@ -168,9 +168,9 @@ class ModelHiddenParams:
     code: the tracked code while training (teacher forcing), the one predicted from the audio when rendering."""
     lip_predictor: str = "kernel"
     """Ours (lip-code models): how audio predicts the lip code. ``"kernel"``: kernel ridge regression on the frame's
-    audio window and the next frame's, fitted in closed form before training (gaussiantalker.model.lipkernel); ``"network"``: the
-    original's audio encoder with a linear head, trained by AdamW beside the renderer (the first lip-code models;
-    it overfits the few hundred frames of a short clip)."""
+    audio window and the next frame's, fitted in closed form before training (gaussiantalker.model.lipkernel);
+    ``"network"``: the original's audio encoder with a linear head, trained by AdamW beside the renderer (the
+    first lip-code models; it overfits the few hundred frames of a short clip)."""
 
 
 @dataclass
