@@ -6,7 +6,13 @@ import pytest
 import torch
 
 from gaussiantalker.config import load_config
-from gaussiantalker.model.lipkernel import CENTRE_WINDOW, WINDOWS, KernelLipPredictor
+from gaussiantalker.model.lipkernel import (
+    CENTRE_WINDOW,
+    TEMPORAL_SIGMA,
+    WINDOWS,
+    KernelLipPredictor,
+    input_weights,
+)
 from gaussiantalker.model.talker import GaussianTalkerModel
 
 D, K = 5, 3
@@ -61,12 +67,49 @@ def test_state_dict_round_trip_resizes_the_buffers():
     assert fresh.centres.shape == (120, len(WINDOWS) * 16 * D)
     assert torch.equal(fresh(audio[:7]), fitted(audio[:7]))
     # The first kernel models read the frame's own window only and saved no ``windows`` entry.
-    old = {k: v for k, v in fitted.state_dict().items() if k != "windows"}
+    old = {k: v for k, v in fitted.state_dict().items() if k not in ("windows", "feat_weight")}
     f = 16 * D
     old.update(feat_mean=old["feat_mean"][:f], feat_std=old["feat_std"][:f], centres=old["centres"][:, :f])
     legacy = KernelLipPredictor(D, K)
     legacy.load_state_dict(old, strict=True)
     assert legacy.windows.tolist() == [CENTRE_WINDOW] and legacy(audio[:3]).shape == (3, K)
+
+
+def test_input_weights():
+    w = input_weights(26).reshape(16, 26)
+    assert torch.all(w == w[:, :1])  # every feature of a row alike
+    row = w[:, 0]
+    # Centred; in the squared distance the edge rows weigh under 5 % of the centre's.
+    assert torch.allclose(row, row.flip(0)) and row[7] == row.max() and row[0] ** 2 < 0.05 * row[7] ** 2
+    t = 7.5
+    assert float(row[0] / row[7]) == pytest.approx(float(torch.exp(torch.tensor(-0.25 * (t**2 - 0.25) / TEMPORAL_SIGMA**2))), rel=1e-5)
+
+
+def test_zero_weighted_inputs_are_ignored_and_weights_are_saved():
+    audio, codes = _data(200, seed=2)
+    weights = input_weights(D).reshape(16, D).clone()
+    weights[:, 3:] = 0.0  # features 3 and 4 left out
+    pred = KernelLipPredictor(D, K).fit(audio[:150], codes[:150], weights=weights.reshape(-1))
+    out = pred(audio[150:])
+    moved = audio[150:].clone()
+    moved[..., 3:] += torch.randn(moved[..., 3:].shape)  # what the zero weights leave out
+    assert torch.allclose(pred(moved), out, atol=1e-6)
+    moved[..., 0] += 1.0  # what they keep
+    assert not torch.allclose(pred(moved), out, atol=1e-3)
+    # A row at the window's edge weighs less than the centre row: changing it changes the prediction less.
+    edge, mid = audio[150:].clone(), audio[150:].clone()
+    edge[:, WINDOWS[0], 0, 0] += 2.0
+    mid[:, WINDOWS[0], 8, 0] += 2.0
+    assert (pred(edge) - out).abs().mean() < 0.1 * (pred(mid) - out).abs().mean()
+    fresh = KernelLipPredictor(D, K)
+    fresh.load_state_dict(pred.state_dict(), strict=True)
+    assert torch.equal(fresh(audio[150:]), out)
+    # Models fitted before the weights existed weighed every input 1 (and the kernel scale was the input count).
+    plain = KernelLipPredictor(D, K).fit(audio[:150], codes[:150])
+    old = {k: v for k, v in plain.state_dict().items() if k != "feat_weight"}
+    legacy = KernelLipPredictor(D, K)
+    legacy.load_state_dict(old, strict=True)
+    assert torch.all(legacy.feat_weight == 1) and torch.equal(legacy(audio[150:]), plain(audio[150:]))
 
 
 def test_bad_input_is_named():
@@ -76,6 +119,10 @@ def test_bad_input_is_named():
         pred.fit(audio, codes[:, :2])
     with pytest.raises(ValueError, match="ridge"):
         pred.fit(audio, codes, ridge=0.0)
+    with pytest.raises(ValueError, match="weights must be"):
+        pred.fit(audio, codes, weights=torch.ones(7))
+    with pytest.raises(ValueError, match="weights must be"):
+        pred.fit(audio, codes, weights=torch.zeros(16 * D))
     with pytest.raises(ValueError, match="audio must have shape"):
         pred(audio[:, :4])
 

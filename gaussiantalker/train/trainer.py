@@ -317,9 +317,10 @@ class Trainer:
         ``LIP_GAIN_MIN_R`` (else 1), the predictions coming from a 5-fold contiguous cross-validation over the
         training frames (each fold's noisy copies left out with it)."""
         from ..data import audio_context
-        from ..model.lipkernel import KernelLipPredictor
+        from ..model.lipkernel import KernelLipPredictor, input_weights
 
         model, o = self.model, self.config.optimization
+        weights = input_weights(model.audio_dim)
         split, k = self.train_split, model.lip_dim
         n = len(split)
         x = audio_context(split.audio, torch.arange(n))
@@ -333,7 +334,7 @@ class Trainer:
         def fit(keep: torch.Tensor) -> KernelLipPredictor:
             return KernelLipPredictor(model.audio_dim, k).fit(
                 x[keep], y[keep], float(o.lip_kernel_ridge), int(o.lip_kernel_centres),
-                torch.Generator().manual_seed(seed))
+                torch.Generator().manual_seed(seed), weights)
 
         true = y[:n]
         gain = torch.ones(k)
