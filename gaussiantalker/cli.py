@@ -414,7 +414,9 @@ def _evaluate_audio(args, ws: Workspace, name: str) -> int:
     for e in entries:
         silence = "no silence" if e.silence_opening is None else (
             f"opening in {e.silent_frames} silent frames {e.silence_opening:.4f} "
-            f"({'closed' if e.closes_in_silence else 'NOT closed'}: <= {e.closed_gap:.4f} + {e.silence_margin:.4f})")
+            f"({'closed' if e.closes_in_silence else 'NOT closed'}: <= {e.closed_gap:.4f} + {e.silence_margin:.4f}"
+            + ("" if e.reference_silence_opening is None else
+               f"; the real footage in its own silences: {e.reference_silence_opening:.4f}") + ")")
         print(f"{e.audio}: mouth vs audio envelope r {e.envelope_pearson:.3f} (real footage {e.reference_pearson:.3f},"
               f" ratio {e.ratio:.2f}); {silence}")
     print(f"metrics: {talker.model_dir / 'metrics.json'}")

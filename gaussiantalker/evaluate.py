@@ -381,6 +381,9 @@ class AudioEvaluation:
     silence_margin: float  # SILENCE_MARGIN x the subject's speaking range
     closes_in_silence: Optional[bool]  # silence_opening <= closed_gap + silence_margin (None without silences)
     opening_std: float
+    # For scale: the real footage's mean opening inside its own audio's silences (None without silences, or
+    # without the clip's audio). Real speakers often keep the mouth a little open in short pauses.
+    reference_silence_opening: Optional[float] = None
 
     def as_dict(self) -> dict:
         return _json_safe(asdict(self))
@@ -401,7 +404,7 @@ def evaluate_audio(model, audio: Sequence[PathLike], batch_size: int = 16, asset
     """
     from .audio import load_audio
     from .infer import Talker, load
-    from .lipsync import audio_envelope, audio_sync_scores, closed_gap, pearson
+    from .lipsync import audio_envelope, audio_sync_scores, closed_gap, pearson, silent_frames
 
     talker = model if isinstance(model, Talker) else load(model, device=device, workspace=workspace, assets=assets)
     data = talker.data
@@ -410,9 +413,12 @@ def evaluate_audio(model, audio: Sequence[PathLike], batch_size: int = 16, asset
     closed = closed_gap(train)
     margin = SILENCE_MARGIN * float(np.nanpercentile(train, 90) - np.nanpercentile(train, 10))
     wav = Path(data.path) / "aud.wav"
-    reference = float("nan")
+    reference, reference_silence = float("nan"), None
     if wav.is_file():
-        reference = pearson(real, audio_envelope(load_audio(wav), data.num_frames))
+        envelope = audio_envelope(load_audio(wav), data.num_frames)
+        reference = pearson(real, envelope)
+        quiet = silent_frames(envelope) & np.isfinite(real)
+        reference_silence = float(np.mean(real[quiet])) if quiet.any() else None
     backend = _lmd_backend(data.meta, [])
     out: List[AudioEvaluation] = []
     for item in audio:
@@ -439,7 +445,7 @@ def evaluate_audio(model, audio: Sequence[PathLike], batch_size: int = 16, asset
             silent_frames=sc.silent_frames, silence_opening=sc.silence_opening, closed_gap=closed,
             silence_margin=margin,
             closes_in_silence=None if sc.silence_opening is None else bool(sc.silence_opening <= closed + margin),
-            opening_std=sc.opening_std)
+            opening_std=sc.opening_std, reference_silence_opening=reference_silence)
         log.info("%s: mouth vs audio envelope r %.3f (real footage %.3f), opening in %d silent frames %s "
                  "(closed %.4f + margin %.4f)", item, entry.envelope_pearson, reference, entry.silent_frames,
                  "-" if entry.silence_opening is None else f"{entry.silence_opening:.4f}", closed, margin)

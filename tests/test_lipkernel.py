@@ -112,6 +112,17 @@ def test_zero_weighted_inputs_are_ignored_and_weights_are_saved():
     assert torch.all(legacy.feat_weight == 1) and torch.equal(legacy(audio[150:]), plain(audio[150:]))
 
 
+def test_far_from_the_training_windows_the_prediction_is_the_prior():
+    audio, codes = _data(100, seed=3)
+    far = audio[:5] + 50.0
+    plain = KernelLipPredictor(D, K).fit(audio, codes)
+    assert torch.allclose(plain(far), codes.mean(0).expand(5, -1), atol=1e-5)  # default prior: the codes' mean
+    prior = torch.tensor([0.5, -1.0, 2.0])
+    pred = KernelLipPredictor(D, K).fit(audio, codes, prior=prior)
+    assert torch.allclose(pred(far), prior.expand(5, -1), atol=1e-5)
+    assert _r(pred(audio)[:, 0], codes[:, 0]) > 0.9  # near its training windows it still fits the codes
+
+
 def test_bad_input_is_named():
     pred = KernelLipPredictor(D, K)
     audio, codes = _data(10)

@@ -13,6 +13,7 @@ import pytest
 pytestmark = pytest.mark.slow
 
 CLIP = "clips/MimicTalk__German_20s.mp4"
+VOICE = "audio/SadTalker__RD_Radio31_000.wav"
 
 
 def test_held_out_mouth_follows_the_real_one(shared_data, tmp_path):
@@ -36,3 +37,17 @@ def test_held_out_mouth_follows_the_real_one(shared_data, tmp_path):
     assert mouth["amplitude_ratio"] >= 0.5, mouth
     assert result.head_alpha >= 0.98
     assert result.face_psnr > result.face_psnr_mean_frame + 1.0
+    # Another speaker's voice (no ground truth): the mouth opens with its energy, and the scores name their
+    # reference, the real footage with its own audio (in its pauses too: this clip has some).
+    voice = shared_data / VOICE
+    if not voice.is_file():
+        pytest.skip(f"{voice} is absent")
+    from gaussiantalker.evaluate import evaluate_audio
+
+    (other,) = evaluate_audio(model, [voice], device="cpu", progress=False)
+    print(f"{voice.name}: envelope r {other.envelope_pearson:.3f} (real footage {other.reference_pearson:.3f}), "
+          f"pause opening {other.silence_opening} (closed {other.closed_gap:.4f} + {other.silence_margin:.4f}; "
+          f"the real footage in its own pauses {other.reference_silence_opening})")
+    assert other.frames == 200 and other.envelope_pearson > 0.0
+    assert 0.0 < other.reference_pearson < 1.0 and other.reference_silence_opening is not None
+    assert other.reference_silence_opening > other.closed_gap

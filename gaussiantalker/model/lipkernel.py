@@ -16,7 +16,7 @@ model's mouth stop following one of the other voices, RD_Radio31: envelope ratio
 Kernel: Gaussian RBF ``exp(-|a - b|^2 / S)`` on the weighted inputs, ``S = sum(w^2)`` (their mean squared norm;
 ``S = F``, the input count, unweighted). Fit: the Nystroem form of kernel ridge regression with at most
 ``max_centres`` centres (all training rows when there are fewer, which is then exact kernel ridge):
-``alpha = (K_nm^T K_nm + lambda K_mm)^-1 K_nm^T (Y - mean Y)``.
+``alpha = (K_nm^T K_nm + lambda K_mm)^-1 K_nm^T (Y - prior)``, the prior by default the mean of ``Y``.
 """
 
 from __future__ import annotations
@@ -88,7 +88,8 @@ class KernelLipPredictor(nn.Module):
 
     @torch.no_grad()
     def fit(self, audio: Tensor, codes: Tensor, ridge: float = 0.3, max_centres: int = 2000,
-            generator: torch.Generator | None = None, weights: Tensor | None = None) -> KernelLipPredictor:
+            generator: torch.Generator | None = None, weights: Tensor | None = None,
+            prior: Tensor | None = None) -> KernelLipPredictor:
         """Fit to audio windows ``[N, 8, 16, D]`` and their codes ``[N, K]`` (replaces any earlier fit).
 
         Args:
@@ -96,6 +97,8 @@ class KernelLipPredictor(nn.Module):
             max_centres: Nystroem centres, drawn at random (``generator``) when ``N`` is larger.
             weights: one window's input weights ``[16 * D]`` (:func:`input_weights`), the same for each window
                 read; ``None``: all 1.
+            prior: ``[K]``, the code predicted far from every training window (the regression fits the
+                codes minus it); ``None``: the mean of ``codes``.
         """
         if codes.ndim != 2 or codes.shape[1] != self.code_dim or codes.shape[0] != audio.shape[0]:
             raise ValueError(f"codes must have shape [{audio.shape[0]}, {self.code_dim}], got {tuple(codes.shape)}")
@@ -118,7 +121,7 @@ class KernelLipPredictor(nn.Module):
         n = x.shape[0]
         pick = torch.arange(n) if n <= max_centres else torch.randperm(n, generator=generator)[:max_centres]
         c = x[pick]
-        y_mean = y.mean(0)
+        y_mean = y.mean(0) if prior is None else prior.detach().to("cpu", torch.float64).reshape(self.code_dim)
         lhs = ridge * self._kernel(c, c, scale)
         rhs = torch.zeros(c.shape[0], self.code_dim, dtype=torch.float64)
         for rows, targets in zip(x.split(4096), (y - y_mean).split(4096)):  # K_nm^T K_nm in bounded memory

@@ -332,9 +332,11 @@ class Trainer:
         seed = int(o.seed)
 
         def fit(keep: torch.Tensor) -> KernelLipPredictor:
+            # Far from every training window the prediction falls back to the prior: the mean code of the real
+            # frames kept (the silence samples' closed mouths would pull it shut for any unfamiliar sound).
             return KernelLipPredictor(model.audio_dim, k).fit(
                 x[keep], y[keep], float(o.lip_kernel_ridge), int(o.lip_kernel_centres),
-                torch.Generator().manual_seed(seed), weights)
+                torch.Generator().manual_seed(seed), weights, prior=y[:n][keep[:n]].mean(0))
 
         true = y[:n]
         gain = torch.ones(k)
