@@ -381,12 +381,15 @@ GT_HD void tile_rect_xy(Vec2 p, int rx, int ry, int grid_x, int grid_y, int rmin
 // per-pixel test accepts; the 3-sigma radius stays the upper bound. So the drawn pixels are those of the
 // 3-sigma rule, with fewer tile entries for faint or elongated splats (-1: not listed in any tile).
 constexpr float kSupportMargin = 0.01f;
-GT_HD void tile_extents(Cov2d c, float opacity, float radius, int* rx, int* ry) {
+// q_max with its margin. It depends on the opacity alone, so preprocess_instance asks for it first: the libm
+// call then overlaps the projection instead of coming last, with many live registers to spill around it.
+GT_HD float support_q(float opacity) { return 2.f * logf(opacity / kMinAlpha) + kSupportMargin; }
+// `q` = support_q(opacity), read only when opacity >= kMinAlpha.
+GT_HD void tile_extents(Cov2d c, float opacity, float q, float radius, int* rx, int* ry) {
   if (!(opacity >= kMinAlpha)) {
     *rx = *ry = -1;
     return;
   }
-  const float q = 2.f * logf(opacity / kMinAlpha) + kSupportMargin;
   *rx = (int)min_of(radius, ceilf(sqrtf(q * c.a)) + 1.f);
   *ry = (int)min_of(radius, ceilf(sqrtf(q * c.c)) + 1.f);
 }
