@@ -18,8 +18,9 @@ Two builds of the CPU kernels, side by side (e.g. before and after a change):
 ``--compare PATH`` names another source tree whose extension is built in place (``setup.py build_ext
 --inplace``). Each build runs in its own worker process (the package imported from its tree, the scenes from
 this one); the workers take turns, config by config and round after round, so that a change of machine load
-hits both. A row gives each build's best time over the rounds and ``speedup_vs_compare`` = PATH's time / this
-checkout's (> 1: this checkout is faster). Set OMP_NUM_THREADS for single-threaded figures.
+hits both. Modes: forward, backward (timed alone, after an untimed forward) and forward+backward. A row gives
+each build's best time over the rounds and ``speedup_vs_compare`` = PATH's time / this checkout's (> 1: this
+checkout is faster). Set OMP_NUM_THREADS for single-threaded figures.
 """
 
 from __future__ import annotations
@@ -166,15 +167,26 @@ def _worker() -> int:
         if key not in scenes:
             scenes[key] = scene(*key)
         st, kw = scenes[key]
-        fn = _case(rasterize_gaussians, st, kw, req["mode"] != "forward")
-        fn()  # warm-up
-        times = []
-        for _ in range(req["repeats"]):
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
+        times = [_timed(st, kw, req["mode"]) for _ in range(req["repeats"] + 1)][1:]  # (the first warms up)
         print(json.dumps({"times": times}), flush=True)
     return 0
+
+
+def _timed(st, kw, mode: str) -> float:
+    """Seconds of one forward, one forward+backward, or the backward alone (its forward untimed)."""
+    if mode == "forward":
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            rasterize_gaussians(st, **kw)
+        return time.perf_counter() - t0
+    t0 = time.perf_counter()
+    leaves = {k: v.detach().requires_grad_() for k, v in kw.items()}
+    out = rasterize_gaussians(st, **leaves)
+    loss = out.color.sum() + 0.1 * out.depth.sum() + out.alpha.sum()
+    if mode == "backward":
+        t0 = time.perf_counter()
+    loss.backward()
+    return time.perf_counter() - t0
 
 
 class _Worker:
@@ -213,7 +225,7 @@ def _compare(args) -> int:
     try:
         for n, batch, res in [(n, b, r) for n in args.sizes for b in args.batches
                               for r in (args.resolutions or [args.resolution])]:
-            for mode in ("forward", "forward+backward"):
+            for mode in ("forward", "backward", "forward+backward"):
                 req = {"N": n, "B": batch, "resolution": res, "mode": mode, "repeats": args.repeats}
                 best = {k: float("inf") for k in workers}
                 for r in range(args.rounds):
