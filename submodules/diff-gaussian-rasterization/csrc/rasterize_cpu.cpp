@@ -170,6 +170,16 @@ std::vector<int> depth_order(const GeomState& st, int64_t first, int n) {
   return id;
 }
 
+// Start loading the cache line at p: the accumulators are indexed by instance, so each splat's are a cache
+// miss; fetched before its pixels are walked, the miss overlaps that work instead of following it.
+inline void prefetch_write(const float* p) {
+#if defined(__GNUC__)
+  __builtin_prefetch(p, 1);
+#else
+  (void)p;
+#endif
+}
+
 }  // namespace
 
 // ---------------------------------------------------------------------------------------------------
@@ -304,6 +314,7 @@ void rasterize_bwd_cpu(const RasterInputs& in, const GeomState& st, const PixelS
         for (int j = hi - lo - 1; j >= 0; --j) {
           const Support s = splat_support(buf.splat[j], r);
           if (s.empty) continue;
+          prefetch_write(acc + (size_t)(buf.id[j] - b * in.N) * kAccum);  // read after the pixel loop
           float sum[kAccum] = {0.f};
           bool any = false;
           for (int y = s.y0; y < s.y1; ++y) {
