@@ -141,6 +141,7 @@ GT_HD void preprocess_instance(const RasterInputs& in, const GeomState& st, int6
   st.tiles_touched[g] = 0;
   st.extents[2 * g + 0] = st.extents[2 * g + 1] = -1;
   if (!inputs_finite(in, g)) return;
+  const float q_max = support_q(in.opacity(g));  // (for tile_extents, started early)
 
   const Vec3 p = load3(in.mean(g));
   const Vec3 t = transform_point_4x3(view, p);
@@ -172,7 +173,7 @@ GT_HD void preprocess_instance(const RasterInputs& in, const GeomState& st, int6
   if (rmax[0] <= rmin[0] || rmax[1] <= rmin[1]) return;
   // The tiles it is listed in: the opacity-aware rectangle inside the 3-sigma one (same pixels drawn).
   int rx, ry;
-  tile_extents(c2, in.opacity(g), radius, &rx, &ry);
+  tile_extents(c2, in.opacity(g), q_max, radius, &rx, &ry);
   st.extents[2 * g + 0] = rx;
   st.extents[2 * g + 1] = ry;
   int area = 0;

@@ -11,6 +11,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstring>
 #include <numeric>
 #include <vector>
 
@@ -125,6 +126,60 @@ struct TileSplats {
   }
 };
 
+// The visible instances (radius > 0) g = first .. first + n - 1, front to back by view depth, ties in index
+// order: the order of a stable sort by depth. It is an LSD radix sort, stable by construction, of the depths'
+// bits mapped to unsigned keys of the same order (-0 taken as +0, so that equal depths stay ties), 8 bits a
+// pass; a pass is skipped when every key has the same digit there. (std::stable_sort with a comparison
+// reading depths[] took longer than the whole preprocess step.)
+std::vector<int> depth_order(const GeomState& st, int64_t first, int n) {
+  std::vector<uint32_t> key, key_tmp;
+  std::vector<int> id, id_tmp;
+  key.reserve(n);
+  id.reserve(n);
+  for (int i = 0; i < n; ++i) {
+    const int64_t g = first + i;
+    if (st.radii[g] <= 0) continue;
+    const float d = st.depths[g] == 0.f ? 0.f : st.depths[g];  // (finite: culled otherwise)
+    uint32_t u;
+    std::memcpy(&u, &d, sizeof(u));
+    key.push_back((u & 0x80000000u) ? ~u : (u | 0x80000000u));
+    id.push_back((int)g);
+  }
+  const size_t m = id.size();
+  if (m < 2) return id;
+  size_t count[4][256] = {};
+  for (size_t j = 0; j < m; ++j)
+    for (int p = 0; p < 4; ++p) ++count[p][(key[j] >> (8 * p)) & 255u];
+  key_tmp.resize(m);
+  id_tmp.resize(m);
+  for (int p = 0; p < 4; ++p) {
+    if (count[p][(key[0] >> (8 * p)) & 255u] == m) continue;
+    size_t next[256];
+    for (size_t d = 0, s = 0; d < 256; ++d) {
+      next[d] = s;
+      s += count[p][d];
+    }
+    for (size_t j = 0; j < m; ++j) {
+      const size_t t = next[(key[j] >> (8 * p)) & 255u]++;
+      key_tmp[t] = key[j];
+      id_tmp[t] = id[j];
+    }
+    key.swap(key_tmp);
+    id.swap(id_tmp);
+  }
+  return id;
+}
+
+// Start loading the cache line at p: the accumulators are indexed by instance, so each splat's are a cache
+// miss; fetched before its pixels are walked, the miss overlaps that work instead of following it.
+inline void prefetch_write(const float* p) {
+#if defined(__GNUC__)
+  __builtin_prefetch(p, 1);
+#else
+  (void)p;
+#endif
+}
+
 }  // namespace
 
 // ---------------------------------------------------------------------------------------------------
@@ -146,11 +201,7 @@ static at::Tensor bin_cpu(const RasterInputs& in, const GeomState& st, int* rang
   int* list = point_list.data_ptr<int>();
 #pragma omp parallel for schedule(dynamic, 1) if (in.B > 1)
   for (int b = 0; b < in.B; ++b) {
-    std::vector<int> order;
-    order.reserve(in.N);
-    for (int i = 0; i < in.N; ++i)
-      if (st.radii[b * in.N + i] > 0) order.push_back(b * in.N + i);
-    std::stable_sort(order.begin(), order.end(), [&](int a, int c) { return st.depths[a] < st.depths[c]; });
+    const std::vector<int> order = depth_order(st, (int64_t)b * in.N, in.N);
     std::vector<int64_t> start(T + 1, 0);
     auto for_tiles = [&](int g, auto&& fn) {
       int rmin[2], rmax[2];
@@ -263,6 +314,7 @@ void rasterize_bwd_cpu(const RasterInputs& in, const GeomState& st, const PixelS
         for (int j = hi - lo - 1; j >= 0; --j) {
           const Support s = splat_support(buf.splat[j], r);
           if (s.empty) continue;
+          prefetch_write(acc + (size_t)(buf.id[j] - b * in.N) * kAccum);  // read after the pixel loop
           float sum[kAccum] = {0.f};
           bool any = false;
           for (int y = s.y0; y < s.y1; ++y) {

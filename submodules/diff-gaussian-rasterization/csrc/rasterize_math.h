@@ -12,10 +12,15 @@
 #include <cstdint>
 #include <cstring>
 
+// Forced inline on the CPU as on the GPU: left to the compiler, preprocess_instance outgrew its budget and
+// sh_to_color became a call that passes the Vec3 arguments through the stack, where reloading them stalls
+// store forwarding (about 20 ns per Gaussian, single-threaded).
 #if defined(__CUDACC__)
 #define GT_HD __host__ __device__ __forceinline__
+#elif defined(_MSC_VER)
+#define GT_HD __forceinline
 #else
-#define GT_HD inline
+#define GT_HD inline __attribute__((always_inline))
 #endif
 
 namespace gt {
@@ -67,6 +72,11 @@ struct Mat3 {
 
 GT_HD Vec3 load3(const float* p) { return {p[0], p[1], p[2]}; }
 GT_HD Vec4 load4(const float* p) { return {p[0], p[1], p[2], p[3]}; }
+// fminf / fmaxf where the first argument is never NaN (a constant or a checked value): the same result, a NaN
+// `b` included (then `a`; an arithmetic result is never a signalling NaN), but inline on x86-64, where GCC
+// calls libm for fminf / fmaxf.
+GT_HD float min_of(float a, float b) { return b < a ? b : a; }
+GT_HD float max_of(float a, float b) { return b > a ? b : a; }
 GT_HD float clampf(float v, float lo, float hi) { return v < lo ? lo : (v > hi ? hi : v); }
 GT_HD bool finitef(float v) {
 #if defined(__CUDA_ARCH__)
@@ -337,26 +347,31 @@ GT_HD Cov2d vjp_invert_cov2d(Cov2d c, Conic g) {
 // is not finite (the caller culls every radius that is not > 0).
 GT_HD float splat_radius(Cov2d c, float det) {
   const float mid = 0.5f * (c.a + c.c);
-  const float disc = sqrtf(fmaxf(0.1f, mid * mid - det));
+  const float disc = sqrtf(max_of(0.1f, mid * mid - det));
   const float l1 = mid + disc, l2 = mid - disc;
-  const float r = ceilf(3.f * sqrtf(fmaxf(l1, l2)));
+  // (= fmaxf(l1, l2): l1 >= l2, and where l1 alone is NaN, mid = -inf, the root of l2 = -inf is NaN too)
+  const float r = ceilf(3.f * sqrtf(max_of(l1, l2)));
   return r > kMaxRadius ? kMaxRadius : r;  // (fminf would turn a NaN into kMaxRadius)
 }
 
-// Tile rectangle [min, max) touched by a splat, clamped to the grid.
+// Tile rectangle [min, max) touched by a splat, clamped to the grid. tile_index(v, n) = clamp(floor(v), 0, n):
+// for an integer n that is floor(clamp(v, 0, n)), and the int conversion of a value >= 0 is its floor, so no
+// floorf is needed (a libm call on x86-64 without SSE4.1). The same as the floorf form for every v but NaN,
+// which never gets here (preprocess culls a non-finite mean or radius first).
+GT_HD int tile_index(float v, int n) { return (int)min_of((float)n, max_of(0.f, v)); }
 GT_HD void tile_rect(Vec2 p, int radius, int grid_x, int grid_y, int rmin[2], int rmax[2]) {
-  rmin[0] = (int)fminf((float)grid_x, fmaxf(0.f, floorf((p.x - radius) / kTileX)));
-  rmin[1] = (int)fminf((float)grid_y, fmaxf(0.f, floorf((p.y - radius) / kTileY)));
-  rmax[0] = (int)fminf((float)grid_x, fmaxf(0.f, floorf((p.x + radius + kTileX - 1) / kTileX)));
-  rmax[1] = (int)fminf((float)grid_y, fmaxf(0.f, floorf((p.y + radius + kTileY - 1) / kTileY)));
+  rmin[0] = tile_index((p.x - radius) / kTileX, grid_x);
+  rmin[1] = tile_index((p.y - radius) / kTileY, grid_y);
+  rmax[0] = tile_index((p.x + radius + kTileX - 1) / kTileX, grid_x);
+  rmax[1] = tile_index((p.y + radius + kTileY - 1) / kTileY, grid_y);
 }
 
 // Tile rectangle of a splat with per-axis half extents (pixels).
 GT_HD void tile_rect_xy(Vec2 p, int rx, int ry, int grid_x, int grid_y, int rmin[2], int rmax[2]) {
-  rmin[0] = (int)fminf((float)grid_x, fmaxf(0.f, floorf((p.x - rx) / kTileX)));
-  rmin[1] = (int)fminf((float)grid_y, fmaxf(0.f, floorf((p.y - ry) / kTileY)));
-  rmax[0] = (int)fminf((float)grid_x, fmaxf(0.f, floorf((p.x + rx + kTileX - 1) / kTileX)));
-  rmax[1] = (int)fminf((float)grid_y, fmaxf(0.f, floorf((p.y + ry + kTileY - 1) / kTileY)));
+  rmin[0] = tile_index((p.x - rx) / kTileX, grid_x);
+  rmin[1] = tile_index((p.y - ry) / kTileY, grid_y);
+  rmax[0] = tile_index((p.x + rx + kTileX - 1) / kTileX, grid_x);
+  rmax[1] = tile_index((p.y + ry + kTileY - 1) / kTileY, grid_y);
 }
 
 // Opacity-aware half extents of the tiles a splat is listed in. A splat can only be drawn where
@@ -366,14 +381,17 @@ GT_HD void tile_rect_xy(Vec2 p, int rx, int ry, int grid_x, int grid_y, int rmin
 // per-pixel test accepts; the 3-sigma radius stays the upper bound. So the drawn pixels are those of the
 // 3-sigma rule, with fewer tile entries for faint or elongated splats (-1: not listed in any tile).
 constexpr float kSupportMargin = 0.01f;
-GT_HD void tile_extents(Cov2d c, float opacity, float radius, int* rx, int* ry) {
+// q_max with its margin. It depends on the opacity alone, so preprocess_instance asks for it first: the libm
+// call then overlaps the projection instead of coming last, with many live registers to spill around it.
+GT_HD float support_q(float opacity) { return 2.f * logf(opacity / kMinAlpha) + kSupportMargin; }
+// `q` = support_q(opacity), read only when opacity >= kMinAlpha.
+GT_HD void tile_extents(Cov2d c, float opacity, float q, float radius, int* rx, int* ry) {
   if (!(opacity >= kMinAlpha)) {
     *rx = *ry = -1;
     return;
   }
-  const float q = 2.f * logf(opacity / kMinAlpha) + kSupportMargin;
-  *rx = (int)fminf(radius, ceilf(sqrtf(q * c.a)) + 1.f);
-  *ry = (int)fminf(radius, ceilf(sqrtf(q * c.c)) + 1.f);
+  *rx = (int)min_of(radius, ceilf(sqrtf(q * c.a)) + 1.f);
+  *ry = (int)min_of(radius, ceilf(sqrtf(q * c.c)) + 1.f);
 }
 
 // ---------------------------------------------------------------------------------------------------
