@@ -404,7 +404,7 @@ def evaluate_audio(model, audio: Sequence[PathLike], batch_size: int = 16, asset
     """
     from .audio import load_audio
     from .infer import Talker, load
-    from .lipsync import audio_envelope, audio_sync_scores, closed_gap, pearson, silent_frames
+    from .lipsync import audio_envelope, audio_sync_scores, closed_gap
 
     talker = model if isinstance(model, Talker) else load(model, device=device, workspace=workspace, assets=assets)
     data = talker.data
@@ -415,10 +415,8 @@ def evaluate_audio(model, audio: Sequence[PathLike], batch_size: int = 16, asset
     wav = Path(data.path) / "aud.wav"
     reference, reference_silence = float("nan"), None
     if wav.is_file():
-        envelope = audio_envelope(load_audio(wav), data.num_frames)
-        reference = pearson(real, envelope)
-        quiet = silent_frames(envelope) & np.isfinite(real)
-        reference_silence = float(np.mean(real[quiet])) if quiet.any() else None
+        own = audio_sync_scores(real, audio_envelope(load_audio(wav), data.num_frames))  # the footage, its own audio
+        reference, reference_silence = own.envelope_pearson, own.silence_opening
     backend = _lmd_backend(data.meta, [])
     out: List[AudioEvaluation] = []
     for item in audio:
