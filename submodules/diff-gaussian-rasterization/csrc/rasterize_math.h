@@ -359,12 +359,6 @@ GT_HD float splat_radius(Cov2d c, float det) {
 // floorf is needed (a libm call on x86-64 without SSE4.1). The same as the floorf form for every v but NaN,
 // which never gets here (preprocess culls a non-finite mean or radius first).
 GT_HD int tile_index(float v, int n) { return (int)min_of((float)n, max_of(0.f, v)); }
-GT_HD void tile_rect(Vec2 p, int radius, int grid_x, int grid_y, int rmin[2], int rmax[2]) {
-  rmin[0] = tile_index((p.x - radius) / kTileX, grid_x);
-  rmin[1] = tile_index((p.y - radius) / kTileY, grid_y);
-  rmax[0] = tile_index((p.x + radius + kTileX - 1) / kTileX, grid_x);
-  rmax[1] = tile_index((p.y + radius + kTileY - 1) / kTileY, grid_y);
-}
 
 // Tile rectangle of a splat with per-axis half extents (pixels).
 GT_HD void tile_rect_xy(Vec2 p, int rx, int ry, int grid_x, int grid_y, int rmin[2], int rmax[2]) {
@@ -372,6 +366,11 @@ GT_HD void tile_rect_xy(Vec2 p, int rx, int ry, int grid_x, int grid_y, int rmin
   rmin[1] = tile_index((p.y - ry) / kTileY, grid_y);
   rmax[0] = tile_index((p.x + rx + kTileX - 1) / kTileX, grid_x);
   rmax[1] = tile_index((p.y + ry + kTileY - 1) / kTileY, grid_y);
+}
+
+// The square one: the same half extent `radius` on both axes.
+GT_HD void tile_rect(Vec2 p, int radius, int grid_x, int grid_y, int rmin[2], int rmax[2]) {
+  tile_rect_xy(p, radius, radius, grid_x, grid_y, rmin, rmax);
 }
 
 // Opacity-aware half extents of the tiles a splat is listed in. A splat can only be drawn where
