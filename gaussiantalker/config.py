@@ -283,6 +283,10 @@ class OptimizationParams:
     lip_code_noise: float = 0.1
     """Ours (lip-code models): std of the noise added to the tracked code the renderer is trained with (codes have
     unit variance), so that it tolerates the predicted codes' errors."""
+    lip_code_predicted_share: float = 0.0
+    """Ours (kernel lip predictor): the share of fine-stage frames that the renderer sees with their out-of-fold
+    *predicted* lip code (from the predictor's 5-fold cross-validation, calibrated and clamped as at render time)
+    instead of the tracked one, so that it also learns the codes it will get from audio (0 = tracked codes only)."""
     lip_code_augment: bool = True
     """Ours (lip-code models, mfcc features): the predictor also learns from the training audio with noise added and
     from silence / noise alone (-> the closed mouth): the kernel predictor fits them with the frames, the network
@@ -502,6 +506,8 @@ def validate(cfg: TrainConfig, origin: str = "<config>") -> None:
         bad("ModelHiddenParams.lip_predictor", f"must be 'kernel' or 'network', got {h.lip_predictor!r}")
     if o.open_mouth_repeat < 1:
         bad("OptimizationParams.open_mouth_repeat", f"must be >= 1, got {o.open_mouth_repeat}")
+    if not 0.0 <= o.lip_code_predicted_share <= 1.0:
+        bad("OptimizationParams.lip_code_predicted_share", f"must be in [0, 1], got {o.lip_code_predicted_share}")
     if not o.lip_kernel_ridge > 0:
         bad("OptimizationParams.lip_kernel_ridge", f"must be > 0, got {o.lip_kernel_ridge}")
     if o.lip_kernel_centres < 16:

@@ -139,4 +139,6 @@ def test_replace_validates():
     assert cfg.optimization.iterations == 1000
     with pytest.raises(ConfigError):
         cfg.replace(batch_size=0)
+    with pytest.raises(ConfigError, match="lip_code_predicted_share"):
+        cfg.replace(lip_code_predicted_share=1.5)
 

@@ -106,6 +106,25 @@ def test_two_ranks_train_the_model_one_rank_trains(runs):
     assert logs[0] == logs[1] and len(logs[1]) == len(set(logs[1]))
 
 
+def test_two_ranks_train_with_predicted_lip_codes_as_one_rank(tmp_path, monkeypatch):
+    """cpu_small's lip code with half of the fine-stage frames on their out-of-fold predicted codes: every rank
+    fits the folds, rank 0's codes are broadcast (a collective every rank must reach: rank 1 renders nothing in
+    the coarse stage), each rank takes its rows of the global picks; the result is the 1-rank run's, and the
+    ranks stay identical (hash check every iteration)."""
+    dataset = make_synthetic_dataset(tmp_path / "data" / "s60", num_frames=66, size=32, num_points=300)
+    cfg = tiny("cpu_small", coarse_iterations=2, iterations=4, batch_size=5, resolution=-1, checkpoint_every=0,
+               lip_code_predicted_share=0.5, hash_check_every=1)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        train(dataset, config=cfg, device="CPU", workspace=tmp_path, name="one", progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    train(dataset, config=cfg, device="CPU,CPU", workspace=tmp_path, name="two", progress=False)
+    _assert_close_runs(_ckpt(tmp_path, "one", 6), _ckpt(tmp_path, "two", 6))
+
+
 def _spawn(runs, name, die_after=0, world=2):
     ctx = multiprocessing.get_context("spawn")
     port = free_port()

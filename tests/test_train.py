@@ -252,3 +252,111 @@ def test_frame_order_repeats_the_wide_open_frames():
     assert sorted(FrameOrder(5, seed=3, stage="fine").batch(0, 5)) == list(range(5))  # default: once each
     with pytest.raises(ValueError, match="repeat"):
         FrameOrder(5, seed=3, stage="fine", repeat=[1, 0, 1, 1, 1])
+
+
+@pytest.fixture(scope="module")
+def dataset60(tmp_path_factory):
+    """60 training frames: enough for the kernel lip predictor's 5-fold cross-validation (it needs 50)."""
+    root = tmp_path_factory.mktemp("ws60")
+    return make_synthetic_dataset(root / "data" / "synth60", num_frames=66, size=32, num_points=300)
+
+
+def _record_fine_lips(monkeypatch) -> list:
+    """The lip codes every fine-stage deformation is given, as the renderer sees them."""
+    from gaussiantalker.model.talker import GaussianTalkerModel
+
+    seen, deform = [], GaussianTalkerModel.deform
+
+    def recording(self, stage, cond=None):
+        if stage == "fine" and cond is not None and cond.lips is not None:
+            seen.append(cond.lips.detach().cpu().clone())
+        return deform(self, stage, cond)
+
+    monkeypatch.setattr(GaussianTalkerModel, "deform", recording)
+    return seen
+
+
+def test_the_renderer_is_shown_out_of_fold_predicted_codes(dataset60, tmp_path, monkeypatch):
+    # share 1: every fine-stage frame gets its out-of-fold predicted code (calibrated, clamped, no noise)
+    seen = _record_fine_lips(monkeypatch)
+    cfg = tiny("cpu_small", coarse_iterations=1, iterations=4, batch_size=4, resolution=-1,
+               lip_code_predicted_share=1.0)
+    trainer = Trainer(TalkingHeadData.open(dataset60), cfg, tmp_path / "all", torch.device("cpu"), progress=False)
+    trainer.run()
+    model, split = trainer.model, trainer.train_split
+    predicted = trainer._predicted
+    assert predicted.shape == (len(split), model.lip_dim) == (60, 6)
+    rows = torch.cat(seen)
+    assert rows.shape == (16, 6)
+    assert all(bool((predicted == row).all(1).any()) for row in rows)  # each one a frame's predicted code
+    assert bool((rows >= model.lip_low).all()) and bool((rows <= model.lip_high).all())  # clamped as at render time
+    # out of fold: further from the tracked codes than the final fit's own (in-sample) predictions of them
+    from gaussiantalker.data import audio_context
+
+    tracked = split.lips[:, : model.lip_dim]
+    with torch.no_grad():
+        insample = model.lip_code(audio_context(split.audio, torch.arange(len(split))))
+    assert float((predicted - tracked).abs().mean()) > 1.5 * float((insample - tracked).abs().mean())
+
+    # share 0.5: some frames get the predicted code, the others the tracked one plus noise
+    seen.clear()
+    cfg = cfg.replace(lip_code_predicted_share=0.5, iterations=8)
+    half = Trainer(TalkingHeadData.open(dataset60), cfg, tmp_path / "half", torch.device("cpu"), progress=False)
+    half.run()
+    rows = torch.cat(seen)
+    from_predicted = torch.tensor([bool((half._predicted == row).all(1).any()) for row in rows])
+    assert 0 < int(from_predicted.sum()) < len(rows)
+
+    # share 0 (the GaussianTalker presets and the default): tracked codes only, nothing cross-validated kept
+    seen.clear()
+    none = Trainer(TalkingHeadData.open(dataset60), cfg.replace(lip_code_predicted_share=0.0, iterations=2),
+                   tmp_path / "none", torch.device("cpu"), progress=False)
+    none.run()
+    assert none._predicted_lips() is None and len(seen) == 2
+    assert not any(bool((half._predicted == row).all(1).any()) for row in torch.cat(seen))
+
+
+def test_resume_with_predicted_codes_equals_an_uninterrupted_run(dataset60, tmp_path):
+    # The out-of-fold codes are not in the checkpoint: the resumed run recomputes them from the same
+    # deterministic folds, and the frames picked for them follow the sample count, so it goes on exactly.
+    cfg = tiny("cpu_small", coarse_iterations=3, iterations=8, checkpoint_every=5, batch_size=4, resolution=-1,
+               lip_code_predicted_share=0.5)
+    data = TalkingHeadData.open(dataset60)
+    Trainer(data, cfg, tmp_path / "straight", torch.device("cpu"), progress=False).run()
+    first = Trainer(data, cfg, tmp_path / "resumed", torch.device("cpu"), progress=False)
+    first.run(stop_at=7)
+    assert list_checkpoints(tmp_path / "resumed") == [5, 7]
+    second = Trainer(data, cfg, tmp_path / "resumed", torch.device("cpu"), progress=False)
+    second.run()
+    assert second._predicted is not None and torch.equal(second._predicted, first._predicted)
+    a = torch.load(tmp_path / "straight" / "checkpoints" / "chkpnt_11.pth", weights_only=True)
+    b = torch.load(tmp_path / "resumed" / "checkpoints" / "chkpnt_11.pth", weights_only=True)
+    for key in ("progress", "model", "optimizer", "strategy", "rng"):
+        _states_equal(a[key], b[key], key)
+
+
+def test_each_rank_picks_its_rows_of_the_one_process_picks(dataset60, tmp_path):
+    # Data-parallel: the picks are drawn for the whole global batch and sliced, so ranks holding rows 0:3 and
+    # 3:5 of a batch of 5 give those rows exactly what one process gives them.
+    from gaussiantalker.data import collate
+
+    cfg = tiny("cpu_small", coarse_iterations=1, iterations=2, batch_size=5, resolution=-1,
+               lip_code_predicted_share=0.5)
+    trainer = Trainer(TalkingHeadData.open(dataset60), cfg, tmp_path / "m", torch.device("cpu"), progress=False)
+    trainer.prepare()
+    split = trainer.train_split
+    picked = 0
+    for consumed in range(0, 60, 5):
+        trainer.state.consumed = consumed
+        batch = collate([split[k] for k in range(consumed, consumed + 5)])
+        lips = batch.lips[:, :6] + 0.1
+        trainer._part = (0, 5, 5)
+        whole = trainer._with_predicted_lips(batch, lips)
+        parts = []
+        for lo, hi in ((0, 3), (3, 5)):
+            trainer._part = (lo, hi, 5)
+            rows = collate([split[k] for k in range(consumed + lo, consumed + hi)])
+            parts.append(trainer._with_predicted_lips(rows, lips[lo:hi]))
+        assert torch.equal(torch.cat(parts), whole)
+        picked += int((whole != lips).any(1).sum())
+    assert 10 < picked < 50  # about half of the 60

@@ -281,8 +281,11 @@ class GaussianTalkerModel(nn.Module):
 
     def lip_code(self, audio: Tensor) -> Tensor:
         """The calibrated code a render uses: ``clamp(centre + gain * (predicted - centre), low, high)``, ``[B, K]``."""
-        p = self.predict_lips(audio)
-        p = self.lip_center + self.lip_gain * (p - self.lip_center)
+        return self.calibrate_lips(self.predict_lips(audio))
+
+    def calibrate_lips(self, predicted: Tensor) -> Tensor:
+        """Raw predicted codes ``[B, K]`` -> the calibrated codes a render uses (see :meth:`lip_code`)."""
+        p = self.lip_center + self.lip_gain * (predicted - self.lip_center)
         return torch.maximum(torch.minimum(p, self.lip_high), self.lip_low)
 
     def encode_conditions(self, cond: Conditions) -> Tensor:

@@ -15,7 +15,7 @@ import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Callable, Union
 
 import numpy as np
 import torch
@@ -135,6 +135,9 @@ class Trainer:
         self.lip_optimizer: torch.optim.Optimizer | None = None
         self._lip_loss: torch.Tensor | None = None
         self._bank: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+        self._folds_cv: torch.Tensor | None = None  # the kernel fit's out-of-fold predictions (raw), until used
+        self._predicted: torch.Tensor | None = None  # _predicted_lips' cache
+        self._train_row: dict[int, int] = {}  # image id -> row of the training split
         self.strategy: DensifyStrategy | None = None
         self._order: FrameOrder | None = None
         self._part = (0, 1, 1)  # this rank's rows [lo, hi) of the global batch, and its size
@@ -316,6 +319,29 @@ class Trainer:
         calibrate it: per component, gain = std(tracked) / std(predicted) in [1, 2] where the two correlate at least
         ``LIP_GAIN_MIN_R`` (else 1), the predictions coming from a 5-fold contiguous cross-validation over the
         training frames (each fold's noisy copies left out with it)."""
+        model = self.model
+        k = model.lip_dim
+        fit, true, cv = self._lip_kernel_folds()
+        gain = torch.ones(k)
+        if cv is not None:
+            r = [float(torch.corrcoef(torch.stack([cv[:, j], true[:, j]]))[0, 1]) for j in range(k)]
+            # Only components the audio predicts (r >= 0.3) are amplified: scaling up the others adds noise.
+            gain = torch.where(torch.tensor(r) >= LIP_GAIN_MIN_R,
+                               (true.std(0) / cv.std(0).clamp_min(1e-6)).clamp(1.0, 2.0), torch.ones(k))
+            log.info("lip code: cross-validated correlation per component %s, gain %s", [round(v, 2) for v in r],
+                     [round(float(v), 2) for v in gain])
+        else:
+            log.info("lip code: %d training frames, too few to cross-validate; gain 1", true.shape[0])
+        model.lip_regression.load_state_dict(fit(None).state_dict())
+        model.lip_gain.copy_(gain.to(model.lip_gain.device))
+        self._set_lip_range(true)
+        self._folds_cv = cv
+
+    def _lip_kernel_folds(self) -> tuple[Callable[[torch.Tensor | None], Any], torch.Tensor, torch.Tensor | None]:
+        """``(fit, tracked, cv)``: ``fit(keep)`` fits a kernel predictor to the training windows and extra samples
+        selected by the mask ``keep`` (``None``: all of them); ``tracked`` the training frames' codes ``[n, K]``;
+        ``cv`` their out-of-fold predictions ``[n, K]`` from 5 contiguous folds (each fold's noisy copies left out
+        with it), ``None`` with fewer than 50 frames. Deterministic: a resumed run recomputes the same values."""
         from ..data import audio_context
         from ..model.lipkernel import KernelLipPredictor, input_weights
 
@@ -331,30 +357,46 @@ class Trainer:
             x, y, rows = torch.cat([x, bank[0]]), torch.cat([y, bank[1].float()]), torch.cat([rows, bank[2]])
         seed = int(o.seed)
 
-        def fit(keep: torch.Tensor) -> KernelLipPredictor:
+        def fit(keep: torch.Tensor | None) -> KernelLipPredictor:
+            if keep is None:
+                keep = torch.ones(x.shape[0], dtype=torch.bool)
             # Far from every training window the prediction falls back to the prior: the mean code of the real
             # frames kept (the silence samples' closed mouths would pull it shut for any unfamiliar sound).
             return KernelLipPredictor(model.audio_dim, k).fit(
                 x[keep], y[keep], float(o.lip_kernel_ridge), int(o.lip_kernel_centres),
                 torch.Generator().manual_seed(seed), weights, prior=y[:n][keep[:n]].mean(0))
 
-        true = y[:n]
-        gain = torch.ones(k)
+        cv = None
         if n >= 50:
             cv = torch.zeros(n, k)
             for part in torch.arange(n).tensor_split(5):
                 cv[part] = fit(~torch.isin(rows, part))(x[part])
-            r = [float(torch.corrcoef(torch.stack([cv[:, j], true[:, j]]))[0, 1]) for j in range(k)]
-            # Only components the audio predicts (r >= 0.3) are amplified: scaling up the others adds noise.
-            gain = torch.where(torch.tensor(r) >= LIP_GAIN_MIN_R,
-                               (true.std(0) / cv.std(0).clamp_min(1e-6)).clamp(1.0, 2.0), torch.ones(k))
-            log.info("lip code: cross-validated correlation per component %s, gain %s", [round(v, 2) for v in r],
-                     [round(float(v), 2) for v in gain])
-        else:
-            log.info("lip code: %d training frames, too few to cross-validate; gain 1", n)
-        model.lip_regression.load_state_dict(fit(torch.ones(x.shape[0], dtype=torch.bool)).state_dict())
-        model.lip_gain.copy_(gain.to(model.lip_gain.device))
-        self._set_lip_range(true)
+        return fit, y[:n], cv
+
+    @torch.no_grad()
+    def _predicted_lips(self) -> torch.Tensor | None:
+        """The training frames' out-of-fold predicted codes, calibrated and clamped as a render's, ``[n, K]`` on the
+        CPU (``lip_code_predicted_share``); None when unused or with too few frames to cross-validate. Computed
+        once (from the fit's folds in a fresh run, again from the same deterministic folds after a resume)."""
+        model = self.model
+        if not (float(self.config.optimization.lip_code_predicted_share) > 0 and model.lip_dim and model.lip_kernel):
+            return None
+        if self._predicted is None:
+            cv = self._folds_cv if self._folds_cv is not None else self._lip_kernel_folds()[2]
+            self._folds_cv = None
+            if cv is None:
+                log.info("lip code: too few training frames for out-of-fold codes; the renderer sees tracked codes")
+                self._predicted = torch.empty(0)
+            else:
+                codes = model.calibrate_lips(cv.to(model.lip_center.device))
+                # Deterministic fits, but rank 0's bits for every rank (every rank comes here: _iteration calls
+                # this before its frames, and a rank without frames too).
+                self.comm.broadcast_([codes], what="out-of-fold lip codes")
+                self._predicted = codes.cpu()
+                self._train_row = {int(i): j for j, i in enumerate(self.train_split.img_ids)}
+                log.info("lip code: the renderer sees the out-of-fold predicted code in %.0f %% of the fine-stage "
+                         "frames", 100 * float(self.config.optimization.lip_code_predicted_share))
+        return self._predicted if self._predicted.numel() else None
 
     @torch.no_grad()
     def _set_lip_range(self, lips: torch.Tensor) -> None:
@@ -528,6 +570,7 @@ class Trainer:
             # Drawn for the whole global batch on every rank, then sliced: the RNG streams (and the noise of each
             # frame) are those of a single-process run whatever the number of ranks.
             noise = torch.randn((total, model.lip_dim), device=self.device)[lo:hi]
+            self._predicted_lips()  # on every rank (a collective the first time)
         out = terms = None
         if batch is not None:
             batch = batch.to(self.device, non_blocking=True)
@@ -569,6 +612,7 @@ class Trainer:
             if model.lip_dim:  # teacher forcing: the tracked code, with noise the predicted codes will bring
                 lips = batch.lips[:, : model.lip_dim]
                 lips = lips + float(self.config.optimization.lip_code_noise) * noise
+                lips = self._with_predicted_lips(batch, lips)
             cond = Conditions(batch.audio, batch.eye, batch.cam, lips).to(self.device)
         with frame_dropout(self._frame_generators(stage, lo, hi) if stage == "fine" else None):
             g = model.deform(stage, cond)
@@ -583,6 +627,23 @@ class Trainer:
                                 f"{self.state.global_iteration + 1}); parts: "
                                 f"{ {k: float(v) for k, v in terms.parts.items()} }")
         return out, terms
+
+    def _with_predicted_lips(self, batch, lips: torch.Tensor) -> torch.Tensor:
+        """``lips`` with a ``lip_code_predicted_share`` of the frames' codes replaced by their out-of-fold predicted
+        codes (without the noise: they carry the predictor's own error). The picks are drawn for the whole global
+        batch from its first sample number in the stage, on every rank alike, then sliced: the same frames are
+        picked whatever the number of ranks, and a resumed run picks as the uninterrupted one would have."""
+        predicted = self._predicted_lips()
+        if predicted is None:
+            return lips
+        lo, hi, total = self._part
+        o = self.config.optimization
+        g = torch.Generator().manual_seed((int(o.seed) * 998_244_353 + 3 * 1_000_003 + self.state.consumed) % (2 ** 63))
+        pick = (torch.rand(total, generator=g) < float(o.lip_code_predicted_share))[lo:hi]
+        if not bool(pick.any()):
+            return lips
+        rows = torch.tensor([self._train_row[int(i)] for i in batch.img_id.tolist()], dtype=torch.long)
+        return torch.where(pick.to(lips.device)[:, None], predicted[rows].to(lips), lips)
 
     def _share(self, batch) -> Share | None:
         """This rank's weights in the loss of the global batch (None with one process)."""
