@@ -374,8 +374,9 @@ def evaluate(
 
     Returns:
         ``EvaluationResult``: the mouth-opening correlation and amplitude against the real frames (``mouth``),
-        ``lmd``, ``head_alpha``, ``face_psnr`` (and the mean training frame's), ``psnr``, ``ssim``, ``lpips``
-        (means over the held-out frames), ``metrics_path``, ``report_path``.
+        ``lmd``, ``head_alpha`` (and ``head_alpha_interior``, the head mask without its edge), ``face_psnr`` (and
+        the mean training frame's), ``psnr``, ``ssim``, ``lpips`` (means over the held-out frames),
+        ``metrics_path``, ``report_path``.
     """
     _check_model(model, workspace)
     dev = _device(device)

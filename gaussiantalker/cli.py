@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import re
 import sys
@@ -392,7 +393,8 @@ def _cmd_evaluate(args) -> int:
     print(f"iteration {result.iteration}, {result.frames} held-out frames")
     m = result.mouth or {}
     rows = [("mouth opening r", m.get("pearson")), ("mouth amplitude", m.get("amplitude_ratio")),
-            ("lmd", result.lmd), ("head alpha", result.head_alpha), ("face psnr", result.face_psnr),
+            ("lmd", result.lmd), ("head alpha", result.head_alpha),
+            ("head alpha, interior", result.head_alpha_interior), ("face psnr", result.face_psnr),
             ("face psnr (mean frame)", result.face_psnr_mean_frame), ("psnr", result.psnr), ("ssim", result.ssim),
             ("lpips", result.lpips)]
     for key, value in rows:
@@ -417,8 +419,10 @@ def _evaluate_audio(args, ws: Workspace, name: str) -> int:
             f"({'closed' if e.closes_in_silence else 'NOT closed'}: <= {e.closed_gap:.4f} + {e.silence_margin:.4f}"
             + ("" if e.reference_silence_opening is None else
                f"; the real footage in its own silences: {e.reference_silence_opening:.4f}") + ")")
+        ratio = f"ratio {e.ratio:.2f}" if math.isfinite(e.ratio) else (
+            "no ratio: the real footage's mouth hardly follows its own audio's energy")
         print(f"{e.audio}: mouth vs audio envelope r {e.envelope_pearson:.3f} (real footage {e.reference_pearson:.3f},"
-              f" ratio {e.ratio:.2f}); {silence}")
+              f" {ratio}); {silence}")
     print(f"metrics: {talker.model_dir / 'metrics.json'}")
     return EXIT_OK
 

@@ -38,7 +38,8 @@ log = logging.getLogger(__name__)
 
 PathLike = Union[str, os.PathLike]
 
-__all__ = ["AudioEvaluation", "EvaluationResult", "evaluate", "evaluate_audio", "mouth_lmd", "read_training_curves"]
+__all__ = ["AudioEvaluation", "EvaluationResult", "envelope_ratio", "evaluate", "evaluate_audio", "interior_mask",
+           "mouth_lmd", "read_training_curves"]
 
 _LMD_BACKENDS = ("mediapipe", "dlib", "face-alignment")
 _SIDE_BY_SIDE = 6  # frames shown in the report
@@ -60,6 +61,9 @@ class EvaluationResult:
     lmd_backend: str
     mouth: Dict[str, float] = field(default_factory=dict)  # lipsync.LipSyncScores: pearson, amplitude_ratio, ...
     head_alpha: Optional[float] = None  # mean rendered alpha inside the real head mask (1 = solid)
+    # The same inside the mask eroded by INTERIOR_MARGIN of the frame: a see-through head lowers both, soft or
+    # misaligned head edges (a head rendered smaller and upsampled) only the first.
+    head_alpha_interior: Optional[float] = None
     face_psnr: Optional[float] = None  # PSNR inside the face box (landmarks' box, 10 % margin)
     face_psnr_mean_frame: Optional[float] = None  # the same for the mean training frame (baseline)
     psnr_mean_frame: Optional[float] = None  # whole-frame PSNR of the mean training frame (baseline)
@@ -184,7 +188,8 @@ def evaluate(model, iteration: Optional[int] = None, device="auto", workspace: O
     scores = lip_sync_scores(op_ours, op_real)
     valid = lmd[np.isfinite(lmd)]
     per_frame = {"psnr": per["psnr"], "ssim": per["ssim"], "face_psnr": per["face_psnr"],
-                 "head_alpha": per["head_alpha"], "lmd": _nan_list(lmd), "opening_ours": _nan_list(op_ours),
+                 "head_alpha": per["head_alpha"], "head_alpha_interior": per["head_alpha_interior"],
+                 "lmd": _nan_list(lmd), "opening_ours": _nan_list(op_ours),
                  "opening_real": _nan_list(op_real)}
     if per["lpips"] is not None:
         per_frame["lpips"] = per["lpips"]
@@ -193,7 +198,8 @@ def evaluate(model, iteration: Optional[int] = None, device="auto", workspace: O
         psnr=float(np.mean(per["psnr"])), ssim=float(np.mean(per["ssim"])),
         lpips=float(np.mean(per["lpips"])) if per["lpips"] is not None else None,
         lmd=float(valid.mean()) if valid.size else None, lmd_frames=int(valid.size), lmd_backend=backend,
-        mouth=scores.as_dict(), head_alpha=_nanmean(per["head_alpha"]), face_psnr=_nanmean(per["face_psnr"]),
+        mouth=scores.as_dict(), head_alpha=_nanmean(per["head_alpha"]),
+        head_alpha_interior=_nanmean(per["head_alpha_interior"]), face_psnr=_nanmean(per["face_psnr"]),
         face_psnr_mean_frame=_nanmean(per["face_psnr_base"]), psnr_mean_frame=_nanmean(per["psnr_base"]),
         per_frame=per_frame, notes=notes,
     )
@@ -249,7 +255,7 @@ def _render_and_score(talker, split, ours: _FrameStore, real: _FrameStore, base:
     from .render.video import to_uint8
 
     per: Dict[str, Optional[list]] = {"psnr": [], "ssim": [], "lpips": [], "face_psnr": [], "head_alpha": [],
-                                      "face_psnr_base": [], "psnr_base": []}
+                                      "head_alpha_interior": [], "face_psnr_base": [], "psnr_base": []}
 
     def one(a: int, b: int):
         batch = collate([split[k] for k in range(a, b)])
@@ -267,9 +273,8 @@ def _render_and_score(talker, split, ours: _FrameStore, real: _FrameStore, base:
             per["lpips"] = None
         else:
             per["lpips"] += lp.tolist()
-        inside = mask.flatten(1).sum(1)
-        per["head_alpha"] += [float(x) if m > 0 else None for x, m in
-                              zip((alpha * mask).flatten(1).sum(1) / inside.clamp_min(1), inside)]
+        per["head_alpha"] += _mean_inside(alpha, mask)
+        per["head_alpha_interior"] += _mean_inside(alpha, interior_mask(mask, INTERIOR_MARGIN))
         for j, img_id in enumerate(batch.img_id.tolist()):
             r0, r1, c0, c1 = _face_box(_read_lms(talker.full.path / "ori_imgs" / f"{img_id}.lms"), talker.height,
                                        talker.width)
@@ -281,6 +286,23 @@ def _render_and_score(talker, split, ours: _FrameStore, real: _FrameStore, base:
         bar.update(b - a)
     bar.close()
     return per
+
+
+#: The head mask's border left out of ``head_alpha_interior``: this fraction of the frame's shorter side (8 px at 512).
+INTERIOR_MARGIN = 0.015
+
+
+def interior_mask(mask: torch.Tensor, margin: float = INTERIOR_MARGIN) -> torch.Tensor:
+    """``mask`` ``[B, 1, H, W]`` (0 / 1) eroded by ``round(margin * min(H, W))`` pixels (a square neighbourhood)."""
+    px = max(1, round(margin * min(mask.shape[-2:])))
+    outside = (mask <= 0.5).float()
+    return (torch.nn.functional.max_pool2d(outside, 2 * px + 1, stride=1, padding=px) == 0).to(mask.dtype)
+
+
+def _mean_inside(alpha: torch.Tensor, mask: torch.Tensor) -> List[Optional[float]]:
+    """Per frame, the mean of ``alpha`` inside ``mask`` (None where the mask is empty)."""
+    inside = mask.flatten(1).sum(1)
+    return [float(x) if m > 0 else None for x, m in zip((alpha * mask).flatten(1).sum(1) / inside.clamp_min(1), inside)]
 
 
 def _lmd_backend(meta: dict, notes: List[str]) -> str:
@@ -362,6 +384,16 @@ def _merge_metrics(model_dir: Path, key: str, value) -> Path:
 #: Margin over the subject's closed-mouth gap that still counts as closed in a silence: this fraction of the
 #: subject's speaking range (90th minus 10th percentile of the training frames' mouth opening).
 SILENCE_MARGIN = 0.25
+#: The real footage's own mouth-vs-envelope correlation below which it is no reference for other voices (no ratio):
+#: some speakers open the mouth in their pauses (breathing, smiling), and then a mouth that follows the energy of
+#: another voice is neither better nor worse than the subject.
+MIN_REFERENCE = 0.1
+
+
+def envelope_ratio(pearson: float, reference: float) -> float:
+    """``pearson / reference``, or nan when the reference (the real footage with its own audio) is below
+    ``MIN_REFERENCE`` or not finite: no scale to judge other voices by."""
+    return pearson / reference if np.isfinite(reference) and reference >= MIN_REFERENCE else float("nan")
 
 
 @dataclass
@@ -374,7 +406,7 @@ class AudioEvaluation:
     best_lag: int
     best_lag_pearson: float
     reference_pearson: float  # the real footage's mouth vs its own audio, over all its frames
-    ratio: float  # envelope_pearson / reference_pearson
+    ratio: float  # envelope_pearson / reference_pearson; nan when the reference is below MIN_REFERENCE
     silent_frames: int
     silence_opening: Optional[float]  # mean mouth opening inside the audio's silences
     closed_gap: float  # the subject's closed-mouth opening (10th percentile of its training frames)
@@ -439,7 +471,7 @@ def evaluate_audio(model, audio: Sequence[PathLike], batch_size: int = 16, asset
         entry = AudioEvaluation(
             audio=str(item), frames=n, envelope_pearson=sc.envelope_pearson, best_lag=sc.best_lag,
             best_lag_pearson=sc.best_lag_pearson, reference_pearson=reference,
-            ratio=sc.envelope_pearson / reference if reference and np.isfinite(reference) else float("nan"),
+            ratio=envelope_ratio(sc.envelope_pearson, reference),
             silent_frames=sc.silent_frames, silence_opening=sc.silence_opening, closed_gap=closed,
             silence_margin=margin,
             closes_in_silence=None if sc.silence_opening is None else bool(sc.silence_opening <= closed + margin),

@@ -217,6 +217,8 @@ def write_report(folder: Path, result, talker, side: List[tuple]) -> Path:
              _row(f"LMD (mouth, {result.lmd_backend})", f"{_fmt(result.lmd, 2, ' px')} over {result.lmd_frames} frames"),
              "</table><h2>Image</h2><table>",
              _row("head alpha inside the head mask (1 = solid)", _fmt(result.head_alpha, 4)),
+             _row("head alpha inside the mask without its edge (1.5 % of the frame: a see-through head lowers "
+                  "both, soft or misaligned edges only the first)", _fmt(result.head_alpha_interior, 4)),
              _row("face-crop PSNR (mean training frame)", f"{_fmt(result.face_psnr, 2, ' dB')} "
                   f"({_fmt(result.face_psnr_mean_frame, 2, ' dB')})"),
              _row("PSNR, whole frame (mean training frame)", f"{_fmt(result.psnr, 2, ' dB')} "

@@ -66,6 +66,7 @@ def recorders(monkeypatch, tmp_path):
         "render": Recorder(SimpleNamespace(path=tmp_path / "out.mp4")),
         "evaluate": Recorder(SimpleNamespace(iteration=5, frames=3, psnr=30.0, ssim=0.9, lpips=None, lmd=1.5,
                                              mouth={"pearson": 0.8, "amplitude_ratio": 0.9}, head_alpha=0.99,
+                                             head_alpha_interior=0.999,
                                              face_psnr=27.0, face_psnr_mean_frame=24.0,
                                              metrics_path=tmp_path / "m.json", report_path=tmp_path / "r.html")),
     }

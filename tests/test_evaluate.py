@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from _infer_helpers import trained_model
 
-from gaussiantalker.evaluate import evaluate, mouth_lmd, read_training_curves
+from gaussiantalker.evaluate import envelope_ratio, evaluate, interior_mask, mouth_lmd, read_training_curves
 from gaussiantalker.report import svg_line_plot
 
 
@@ -29,6 +29,8 @@ def test_evaluate_writes_metrics_and_report(model_dir, tmp_path):
     n = len(TalkingHeadData.open(val).split("val"))
     assert result.frames == n and len(result.per_frame["psnr"]) == n and len(result.per_frame["lmd"]) == n
     assert 5.0 < result.psnr < 100.0 and 0.0 < result.ssim <= 1.0
+    assert 0.0 <= result.head_alpha <= 1.0 and 0.0 <= result.head_alpha_interior <= 1.0
+    assert len(result.per_frame["head_alpha_interior"]) == n
     # The same held-out frames, the same model: training's own validation PSNR is reproduced.
     if "psnr" in before.get("metrics", {}):
         assert result.psnr == pytest.approx(before["metrics"]["psnr"], abs=1e-3)
@@ -91,3 +93,26 @@ def test_mouth_lmd_on_real_frames(shared_data):
     assert np.all(np.isfinite(same)) and np.all(same < 1e-6)
     assert np.all(np.isfinite(moved))
     assert float(np.median(moved)) == pytest.approx(np.hypot(3, 2), abs=0.6)
+
+
+def test_interior_mask_leaves_out_the_edge_but_not_the_frame_border():
+    import torch
+
+    mask = torch.zeros(1, 1, 100, 100)
+    mask[..., 40:60, 30:70] = 1
+    mask[..., 80:, 0:10] = 1  # touches the frame's border: only its inner sides are eroded
+    inner = interior_mask(mask, 0.03)  # 3 px
+    expected = torch.zeros_like(mask)
+    expected[..., 43:57, 33:67] = 1
+    expected[..., 83:, 0:7] = 1
+    assert torch.equal(inner, expected)
+    # a head whose interior is solid and whose edge is soft: only the plain mean sees the edge
+    alpha = inner + 0.5 * (mask - inner)
+    assert float((alpha * mask).sum() / mask.sum()) < 0.8 and float((alpha * inner).sum() / inner.sum()) == 1.0
+
+
+def test_envelope_ratio_needs_a_reference():
+    assert envelope_ratio(0.3, 0.2) == pytest.approx(1.5)
+    # a subject whose mouth does not follow its own audio's energy (opens it in pauses) is no scale
+    assert np.isnan(envelope_ratio(0.3, 0.05)) and np.isnan(envelope_ratio(0.3, -0.29))
+    assert np.isnan(envelope_ratio(0.3, float("nan")))
