@@ -45,6 +45,11 @@ OptimizationParams = dict(
     opacity_reset_interval=600,  # size-based pruning after 600 iterations (3000 of 7999 in the original)
     lip_fine_tuning=True,
     lip_weight=2.0,  # the lip-crop L1 at 5x the original's 0.4: the mouth is a small part of a 256 px frame
+    # Half of the fine-stage frames show the renderer the lip code the audio predicts for them (out of fold)
+    # instead of the tracked one, so it also learns the codes it gets at render time: mouth landmarks closer
+    # to the real ones (LMD) and face PSNR higher on both development clips, r equal or higher, amplitude a
+    # little lower (docs/quality.md).
+    lip_code_predicted_share=0.5,
     depth_fine_tuning=True,
     canonical_tri_plane_factor_list=["opacity", "shs"],
     # One more SH band every 500 iterations (1000 in the original): degree 1 from coarse 500, 2 from fine 500;
