@@ -125,6 +125,11 @@ class Trainer:
         self.comm = comm
         o = config.optimization
         self.totals = {"coarse": int(o.coarse_iterations), "fine": int(o.iterations)}
+        h = config.hidden
+        if float(o.lip_code_predicted_share) > 0 and not (int(h.lip_code_dim) > 0 and h.lip_predictor == "kernel"):
+            log.warning("lip_code_predicted_share %.2f is ignored: it needs the kernel lip predictor (lip_code_dim > 0, "
+                        "lip_predictor 'kernel'; this config: %d, %r)", float(o.lip_code_predicted_share),
+                        int(h.lip_code_dim), h.lip_predictor)
         self.train_split = data.split("train")
         self.extent = self._camera_extent()
         self.lrs = LearningRates(config, self.extent)
