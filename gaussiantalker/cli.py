@@ -421,6 +421,10 @@ def _evaluate_audio(args, ws: Workspace, name: str) -> int:
                f"; the real footage in its own silences: {e.reference_silence_opening:.4f}") + ")")
         ratio = f"ratio {e.ratio:.2f}" if math.isfinite(e.ratio) else (
             "no ratio: the real footage's mouth hardly follows its own audio's energy")
+        if e.subject_lag:  # the subject's mouth leads (or trails) its sound: the same comparison at its shift
+            ratio += (f"; at the subject's own {'lead' if e.subject_lag < 0 else 'lag'} of {abs(e.subject_lag)} "
+                      f"frame(s): r {e.subject_lag_pearson:.3f} vs {e.subject_lag_reference:.3f}"
+                      + (f", ratio {e.subject_lag_ratio:.2f}" if math.isfinite(e.subject_lag_ratio) else ""))
         print(f"{e.audio}: mouth vs audio envelope r {e.envelope_pearson:.3f} (real footage {e.reference_pearson:.3f},"
               f" {ratio}); {silence}")
     print(f"metrics: {talker.model_dir / 'metrics.json'}")

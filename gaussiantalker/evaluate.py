@@ -388,6 +388,9 @@ SILENCE_MARGIN = 0.25
 #: some speakers open the mouth in their pauses (breathing, smiling), and then a mouth that follows the energy of
 #: another voice is neither better nor worse than the subject.
 MIN_REFERENCE = 0.1
+#: The subject's own lead or lag of the mouth on its audio's energy is searched within this many frames: a mouth
+#: often opens before the sound it makes (the German clip's by 2 frames, 80 ms).
+SUBJECT_MAX_LAG = 2
 
 
 def envelope_ratio(pearson: float, reference: float) -> float:
@@ -416,6 +419,14 @@ class AudioEvaluation:
     # For scale: the real footage's mean opening inside its own audio's silences (None without silences, or
     # without the clip's audio). Real speakers often keep the mouth a little open in short pauses.
     reference_silence_opening: Optional[float] = None
+    # The same comparison at the subject's own lead (or lag) of the mouth on the sound: the shift within
+    # +-SUBJECT_MAX_LAG frames where the real footage follows its own audio best (mouth later than audio when
+    # > 0), the real footage's correlation there, the render's at that same shift, and their ratio. One shift
+    # chosen on the real footage (hundreds of frames), not per render: no selection on the rendered side.
+    subject_lag: Optional[int] = None
+    subject_lag_reference: float = float("nan")
+    subject_lag_pearson: float = float("nan")
+    subject_lag_ratio: float = float("nan")
 
     def as_dict(self) -> dict:
         return _json_safe(asdict(self))
@@ -436,7 +447,7 @@ def evaluate_audio(model, audio: Sequence[PathLike], batch_size: int = 16, asset
     """
     from .audio import load_audio
     from .infer import Talker, load
-    from .lipsync import audio_envelope, audio_sync_scores, closed_gap
+    from .lipsync import audio_envelope, audio_sync_scores, best_lag, closed_gap, lagged_pearson
 
     talker = model if isinstance(model, Talker) else load(model, device=device, workspace=workspace, assets=assets)
     data = talker.data
@@ -445,10 +456,12 @@ def evaluate_audio(model, audio: Sequence[PathLike], batch_size: int = 16, asset
     closed = closed_gap(train)
     margin = SILENCE_MARGIN * float(np.nanpercentile(train, 90) - np.nanpercentile(train, 10))
     wav = Path(data.path) / "aud.wav"
-    reference, reference_silence = float("nan"), None
+    reference, reference_silence, lag, lag_reference = float("nan"), None, None, float("nan")
     if wav.is_file():
-        own = audio_sync_scores(real, audio_envelope(load_audio(wav), data.num_frames))  # the footage, its own audio
+        envelope = audio_envelope(load_audio(wav), data.num_frames)
+        own = audio_sync_scores(real, envelope)  # the footage, its own audio
         reference, reference_silence = own.envelope_pearson, own.silence_opening
+        lag, lag_reference = best_lag(envelope, real, SUBJECT_MAX_LAG)
     backend = _lmd_backend(data.meta, [])
     out: List[AudioEvaluation] = []
     for item in audio:
@@ -467,7 +480,9 @@ def evaluate_audio(model, audio: Sequence[PathLike], batch_size: int = 16, asset
         pts = found.points68.astype(np.float64)
         pts[~found.found] = np.nan
         opening = mouth_opening(pts)
-        sc = audio_sync_scores(opening, audio_envelope(samples, n))
+        envelope = audio_envelope(samples, n)
+        sc = audio_sync_scores(opening, envelope)
+        lagged = lagged_pearson(envelope, opening, lag) if lag is not None else float("nan")
         entry = AudioEvaluation(
             audio=str(item), frames=n, envelope_pearson=sc.envelope_pearson, best_lag=sc.best_lag,
             best_lag_pearson=sc.best_lag_pearson, reference_pearson=reference,
@@ -475,7 +490,9 @@ def evaluate_audio(model, audio: Sequence[PathLike], batch_size: int = 16, asset
             silent_frames=sc.silent_frames, silence_opening=sc.silence_opening, closed_gap=closed,
             silence_margin=margin,
             closes_in_silence=None if sc.silence_opening is None else bool(sc.silence_opening <= closed + margin),
-            opening_std=sc.opening_std, reference_silence_opening=reference_silence)
+            opening_std=sc.opening_std, reference_silence_opening=reference_silence, subject_lag=lag,
+            subject_lag_reference=lag_reference, subject_lag_pearson=lagged,
+            subject_lag_ratio=envelope_ratio(lagged, lag_reference))
         log.info("%s: mouth vs audio envelope r %.3f (real footage %.3f), opening in %d silent frames %s "
                  "(closed %.4f + margin %.4f)", item, entry.envelope_pearson, reference, entry.silent_frames,
                  "-" if entry.silence_opening is None else f"{entry.silence_opening:.4f}", closed, margin)

@@ -23,7 +23,7 @@ from typing import Optional
 import numpy as np
 
 __all__ = [
-    "AudioSyncScores", "LipCode", "LipSyncScores", "audio_envelope", "audio_sync_scores", "best_lag",
+    "AudioSyncScores", "LipCode", "LipSyncScores", "audio_envelope", "audio_sync_scores", "best_lag", "lagged_pearson",
     "closed_gap", "lip_shape", "lip_sync_scores", "mouth_opening", "pearson", "silent_frames",
 ]
 
@@ -70,6 +70,12 @@ def pearson(a: np.ndarray, b: np.ndarray) -> float:
     return float((x * y).sum() / den) if den > 0 else float("nan")
 
 
+def lagged_pearson(a: np.ndarray, b: np.ndarray, k: int) -> float:
+    """``pearson(a[t], b[t + k])`` over the frames where both exist."""
+    k = int(k)
+    return pearson(a[max(0, -k): len(a) - max(0, k)], b[max(0, k): len(b) - max(0, -k)])
+
+
 def best_lag(a: np.ndarray, b: np.ndarray, max_lag: int = 4) -> tuple[int, float]:
     """The shift ``k`` in ``[-max_lag, max_lag]`` maximising ``pearson(a[t], b[t + k])`` and that value."""
     best = (0, pearson(a, b))
@@ -77,7 +83,7 @@ def best_lag(a: np.ndarray, b: np.ndarray, max_lag: int = 4) -> tuple[int, float
     for k in range(-max_lag, max_lag + 1):
         if k == 0:
             continue
-        r = pearson(a[max(0, -k): len(a) - max(0, k)], b[max(0, k): len(b) - max(0, -k)])
+        r = lagged_pearson(a, b, k)
         if np.isfinite(r) and (not np.isfinite(best[1]) or r > best[1]):
             best = (k, r)
     return best

@@ -248,13 +248,16 @@ def write_report(folder: Path, result, talker, side: List[tuple]) -> Path:
     if result.audio:
         parts.append("<h2>Other voices (no ground truth)</h2><table><tr><th>audio</th><th>r(opening, envelope)</th>"
                      "<th>reference r (real footage, own audio)</th><th>opening in silences (closed gap + margin)"
-                     "</th><th>real footage in its own silences</th><th>frames</th></tr>")
+                     "</th><th>real footage in its own silences</th><th>r at the subject's own lead (real footage; "
+                     "shift in frames)</th><th>frames</th></tr>")
         for entry in result.audio:
             parts.append(f"<tr><td>{_esc(entry['audio'])}</td><td>{_fmt(entry.get('envelope_pearson'), 3)}</td>"
                          f"<td>{_fmt(entry.get('reference_pearson'), 3)}</td>"
                          f"<td>{_fmt(entry.get('silence_opening'), 4)} ({_fmt(entry.get('closed_gap'), 4)} + "
                          f"{_fmt(entry.get('silence_margin'), 3)})</td>"
-                         f"<td>{_fmt(entry.get('reference_silence_opening'), 4)}</td><td>{entry.get('frames')}</td></tr>")
+                         f"<td>{_fmt(entry.get('reference_silence_opening'), 4)}</td>"
+                         f"<td>{_fmt(entry.get('subject_lag_pearson'), 3)} ({_fmt(entry.get('subject_lag_reference'), 3)}; "
+                         f"{'&ndash;' if entry.get('subject_lag') is None else entry['subject_lag']})</td><td>{entry.get('frames')}</td></tr>")
         parts.append("</table>")
     parts.append("<h2>Training curves</h2>")
     curves = read_training_curves(talker.model_dir)

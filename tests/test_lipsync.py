@@ -54,6 +54,9 @@ def test_pearson_lag_and_scores():
     k, r = ls.best_lag(a, lagged)
     assert k == 2 and r > 0.99
     assert ls.best_lag(a[:5], a[:5])[0] == 0  # short series: lags limited to keep 3 frames of overlap
+    assert ls.lagged_pearson(a, lagged, 2) == pytest.approx(1.0)  # one chosen shift, as best_lag measures it
+    assert ls.lagged_pearson(a, lagged, 0) == pytest.approx(ls.pearson(a, lagged))
+    assert ls.lagged_pearson(lagged, a, -2) == pytest.approx(1.0)
     s = ls.lip_sync_scores(0.5 * a, a)
     assert s.pearson == pytest.approx(1.0) and s.amplitude_ratio == pytest.approx(0.5)
     with pytest.raises(ValueError):

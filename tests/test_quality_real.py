@@ -8,6 +8,7 @@ amplitude 0.28 on these frames)."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 pytestmark = pytest.mark.slow
@@ -51,3 +52,8 @@ def test_held_out_mouth_follows_the_real_one(shared_data, tmp_path):
     assert other.frames == 200 and other.envelope_pearson > 0.0
     assert 0.0 < other.reference_pearson < 1.0 and other.reference_silence_opening is not None
     assert other.reference_silence_opening > other.closed_gap
+    # this speaker's mouth leads its sound (best at 2 frames, 80 ms, on its 500 frames); the render is also
+    # scored at that shift, with the real footage's correlation there as the reference
+    assert other.subject_lag in (-2, -1) and other.subject_lag_reference > other.reference_pearson
+    assert np.isfinite(other.subject_lag_pearson) and other.subject_lag_ratio == pytest.approx(
+        other.subject_lag_pearson / other.subject_lag_reference)
