@@ -399,6 +399,8 @@ def _cmd_evaluate(args) -> int:
             ("lpips", result.lpips)]
     for key, value in rows:
         print(f"{key}: {value:.4f}" if isinstance(value, (int, float)) else f"{key}: not measured")
+    for note in getattr(result, "notes", None) or ():
+        print(f"note: {note}")
     print(f"metrics: {result.metrics_path}")
     print(f"report: {result.report_path}")
     return EXIT_OK

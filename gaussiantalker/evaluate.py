@@ -186,6 +186,9 @@ def evaluate(model, iteration: Optional[int] = None, device="auto", workspace: O
     lmd = _lmd(lm_ours, lm_real)
     op_ours, op_real = mouth_opening(lm_ours), mouth_opening(lm_real)
     scores = lip_sync_scores(op_ours, op_real)
+    still = _still_mouth_note(op_real, talker.data.mouth_opening[torch.tensor(talker.data.train_ids)].numpy())
+    if still:
+        notes.append(still)
     valid = lmd[np.isfinite(lmd)]
     per_frame = {"psnr": per["psnr"], "ssim": per["ssim"], "face_psnr": per["face_psnr"],
                  "head_alpha": per["head_alpha"], "head_alpha_interior": per["head_alpha_interior"],
@@ -286,6 +289,25 @@ def _render_and_score(talker, split, ours: _FrameStore, real: _FrameStore, base:
         bar.update(b - a)
     bar.close()
     return per
+
+
+#: Held-out frames whose real mouth-opening std is under this fraction of the training frames' say little about
+#: lip sync (a short clip that ends in a pause): evaluate notes it.
+STILL_MOUTH = 0.2
+
+
+def _still_mouth_note(held_out: np.ndarray, training: np.ndarray) -> Optional[str]:
+    """A note when the held-out frames' real mouth hardly moves, else None."""
+    held_out, training = np.asarray(held_out, np.float64), np.asarray(training, np.float64)
+    held_out, training = held_out[np.isfinite(held_out)], training[np.isfinite(training)]
+    if held_out.size < 3 or training.size < 3:
+        return None
+    a, b = float(np.std(held_out)), float(np.std(training))
+    if not b > 0 or a >= STILL_MOUTH * b:
+        return None
+    return (f"the real mouth hardly moves on the held-out frames (opening std {a:.4f} against {b:.4f} on the "
+            "training frames: the clip's tail is a pause): mouth r and amplitude say little here; judge lip sync "
+            "with `evaluate --audio` on other speech, or train on a longer clip")
 
 
 #: The head mask's border left out of ``head_alpha_interior``: this fraction of the frame's shorter side (8 px at 512).

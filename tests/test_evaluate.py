@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from _infer_helpers import trained_model
 
-from gaussiantalker.evaluate import envelope_ratio, evaluate, interior_mask, mouth_lmd, read_training_curves
+from gaussiantalker.evaluate import _still_mouth_note, envelope_ratio, evaluate, interior_mask, mouth_lmd, read_training_curves
 from gaussiantalker.report import svg_line_plot
 
 
@@ -116,3 +116,13 @@ def test_envelope_ratio_needs_a_reference():
     # a subject whose mouth does not follow its own audio's energy (opens it in pauses) is no scale
     assert np.isnan(envelope_ratio(0.3, 0.05)) and np.isnan(envelope_ratio(0.3, -0.29))
     assert np.isnan(envelope_ratio(0.3, float("nan")))
+
+
+def test_a_held_out_tail_without_mouth_motion_is_noted():
+    # a short clip ending in a pause: r and amplitude of a still mouth mean nothing, and evaluate says so
+    rng = np.random.default_rng(0)
+    training = np.abs(rng.normal(0.05, 0.04, 200))
+    note = _still_mouth_note(np.full(14, 0.0006) + rng.normal(0, 1e-4, 14), training)
+    assert note is not None and "hardly moves" in note and "0.0001" in note
+    assert _still_mouth_note(np.abs(rng.normal(0.05, 0.03, 40)), training) is None  # a speaking tail
+    assert _still_mouth_note(np.full(5, np.nan), training) is None
