@@ -306,7 +306,7 @@ def _still_mouth_note(held_out: np.ndarray, training: np.ndarray) -> Optional[st
     if not b > 0 or a >= STILL_MOUTH * b:
         return None
     return (f"the real mouth hardly moves on the held-out frames (opening std {a:.4f} against {b:.4f} on the "
-            "training frames: the clip's tail is a pause): mouth r and amplitude say little here; judge lip sync "
+            "training frames: the clip may end in a pause): mouth r and amplitude say little here; judge lip sync "
             "with `evaluate --audio` on other speech, or train on a longer clip")
 
 
