@@ -599,13 +599,16 @@ class Trainer:
             parts["lip_code"] = self._lip_loss
         return {"loss": loss_value, "psnr": psnr_value, "out": out, "batch": batch, "parts": parts}
 
+    def _sample_seed(self, salt: int, j: int = 0) -> int:
+        """A seed for row ``j`` of the global batch, from its sample number in the stage's stream and ``salt`` (one
+        per use): the same on every rank and in a resumed run."""
+        return (int(self.config.optimization.seed) * 998_244_353 + salt * 1_000_003 + self.state.consumed + j) % 2 ** 63
+
     def _frame_generators(self, stage: str, lo: int, hi: int) -> list[torch.Generator]:
         """The dropout generators of the frames ``lo:hi`` of the global batch, seeded by each frame's sample number
         in the stage's stream: a frame gets the same dropout masks whatever rank renders it."""
-        seed, salt = int(self.config.optimization.seed), 1 if stage == "coarse" else 2
-        start = self.state.consumed
-        return [torch.Generator(device=self.device).manual_seed((seed * 998_244_353 + salt * 1_000_003 + start + j)
-                                                                 % (2 ** 63)) for j in range(lo, hi)]
+        salt = 1 if stage == "coarse" else 2
+        return [torch.Generator(device=self.device).manual_seed(self._sample_seed(salt, j)) for j in range(lo, hi)]
 
     def _forward(self, stage: str, it: int, batch, noise: torch.Tensor | None):
         """Render this rank's frames and compute their (share-weighted) loss."""
@@ -643,7 +646,7 @@ class Trainer:
             return lips
         lo, hi, total = self._part
         o = self.config.optimization
-        g = torch.Generator().manual_seed((int(o.seed) * 998_244_353 + 3 * 1_000_003 + self.state.consumed) % (2 ** 63))
+        g = torch.Generator().manual_seed(self._sample_seed(3))
         pick = (torch.rand(total, generator=g) < float(o.lip_code_predicted_share))[lo:hi]
         if not bool(pick.any()):
             return lips
