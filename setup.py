@@ -12,7 +12,6 @@ already installed is the one the extensions are compiled against.
 import glob
 import os
 import shutil
-import subprocess
 import sys
 
 from setuptools import setup

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import importlib
 from types import ModuleType
-from typing import Dict, Optional
+from typing import Dict
 
 _CACHE: Dict[str, ModuleType] = {}
 _ERRORS: Dict[str, ImportError] = {}
