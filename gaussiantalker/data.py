@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from .camera import TRANSFORMS_SCALE, CameraMatrices, cameras_from_transforms
+from .fileio import read_lms
 
 log = logging.getLogger(__name__)
 
@@ -221,18 +222,14 @@ def head_mask_from_parsing(parsing_bgr: np.ndarray) -> np.ndarray:
 
 
 def _read_lms(path: Path) -> np.ndarray:
-    """68 landmarks ``[68, 2]`` (x = column, y = row) of an ``.lms`` file."""
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist (landmarks of the frame, needed for the lip crop)")
+    """68 landmarks ``[68, 2]`` (x = column, y = row) of an ``.lms`` file (:func:`~gaussiantalker.fileio.read_lms`,
+    a bad file as a :class:`DatasetError`)."""
     try:
-        lms = np.loadtxt(path, dtype=np.float64, ndmin=2)
+        return read_lms(path)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path} does not exist (landmarks of the frame, needed for the lip crop)") from None
     except ValueError as e:
-        raise DatasetError(f"{path}: not a text file of 'x y' rows ({e})") from None
-    if lms.shape != (68, 2):
-        raise DatasetError(f"{path}: expected 68 rows of 'x y', got shape {lms.shape}")
-    if not np.isfinite(lms).all():
-        raise DatasetError(f"{path}: landmarks contain NaN or infinite values")
-    return lms
+        raise DatasetError(str(e)) from None
 
 
 def lips_rect(lms: np.ndarray, height: int, width: int) -> tuple[int, int, int, int]:

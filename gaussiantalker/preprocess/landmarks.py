@@ -47,7 +47,7 @@ from typing import Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from ..fileio import atomic_write
+from ..fileio import read_lms, write_lms
 
 logger = logging.getLogger(__name__)
 
@@ -131,25 +131,6 @@ def mediapipe_to_ibug68(points478: np.ndarray) -> np.ndarray:
     if pts.ndim < 2 or pts.shape[-2] < 468 or pts.shape[-1] < 2:
         raise ValueError(f"points478 must have shape [..., 478, >=2], got {pts.shape}")
     return pts[..., list(MEDIAPIPE_TO_IBUG68), :2]
-
-
-def write_lms(path: PathLike, points68: np.ndarray) -> None:
-    """Write ``[68, 2]`` landmarks in ER-NeRF's ``.lms`` format (68 lines ``x y``), atomically."""
-    pts = np.asarray(points68, dtype=np.float64)
-    if pts.shape != (68, 2):
-        raise ValueError(f"points68 must have shape [68, 2], got {pts.shape}")
-    if not np.isfinite(pts).all():
-        raise ValueError(f"points68 for {path} contains NaN/inf (frame without a face?)")
-    text = "\n".join(f"{x:f} {y:f}" for x, y in pts) + "\n"
-    atomic_write(path, lambda tmp: tmp.write_text(text))
-
-
-def read_lms(path: PathLike) -> np.ndarray:
-    """Read an ER-NeRF ``.lms`` file -> ``[68, 2]`` float32 (x = column, y = row, pixels)."""
-    pts = np.loadtxt(path, dtype=np.float64, ndmin=2)
-    if pts.shape != (68, 2):
-        raise ValueError(f"{path}: expected 68 lines of 'x y', got an array of shape {pts.shape}")
-    return pts.astype(np.float32)
 
 
 def iter_video_rgb(path: PathLike, max_frames: Optional[int] = None) -> Iterator[np.ndarray]:
