@@ -275,6 +275,11 @@ class OptimizationParams:
     lip_kernel_centres: int = 2000
     """Ours (kernel lip predictor): at most this many training windows serve as kernel centres (Nystroem); a
     longer clip's frames are subsampled (memory and fit time grow with the square of this number)."""
+    lip_kernel_align: bool = True
+    """Ours (kernel lip predictor): before the fit, choose which audio windows it reads, shifted by -4 .. +2 frames,
+    by cross-validation on the training frames, so that a clip whose sound is off its picture by up to 160 ms early
+    or 80 ms late still gets a mouth in step (a shift is taken only when clearly better; off: the frame's own
+    window and the next one's)."""
     lip_code_lr: float = 0.001
     """Ours (network lip predictor): learning rate of the audio -> lip-code predictor (AdamW, weight decay 0.01)."""
     lip_code_batch: int = 64

@@ -447,7 +447,11 @@ class TalkingHeadData:
         audio: ``[M, 16, D]`` float32 windows of the whole clip,
         eye: ``[F]`` float32 in [0, 1] = ``clip(AU45_r, 0, 2) / 2`` (zeros without ``au.csv``),
         train_ids / val_ids: img_ids in order, camera_extent (scene units), legacy (no ``meta.json``),
-        meta (the ``meta.json`` content, ``{}`` for legacy datasets), num_frames (``max img_id + 1``).
+        meta (the ``meta.json`` content, ``{}`` for legacy datasets), num_frames (``max img_id + 1``),
+        audio_shift: frames by which each frame reads a later (> 0) or earlier audio window than its ``aud_id``: the
+        offset of the clip's sound against its picture that a model measured (``GaussianTalkerModel.clip_shift``;
+        set by the trainer and by :func:`gaussiantalker.load`; 0 = as the transforms say). Splits made after it is
+        set use it.
     """
 
     def __init__(self, path: PathLike, resolution: int | None = None, cache_mb: float = 0.0):
@@ -472,6 +476,7 @@ class TalkingHeadData:
         self.num_frames = max(self.train_ids + self.val_ids) + 1
         windows, self.audio_kind, self.audio_file = _read_audio(self.path, self.meta)
         self.audio = torch.from_numpy(windows)  # [M, 16, D]
+        self.audio_shift = 0
         self.audio_dim = int(windows.shape[2])
         self._check_audio_count()
         self.eye = self._read_eye()  # [F]
@@ -654,7 +659,9 @@ class TalkingHeadData:
         """This dataset at its native size (itself when it was opened at that size)."""
         if (self.width, self.height) == (self.source_width, self.source_height):
             return self
-        return type(self).open(self.path, cache_mb=self.cache_mb)
+        full = type(self).open(self.path, cache_mb=self.cache_mb)
+        full.audio_shift = self.audio_shift
+        return full
 
     def cache_info(self) -> tuple[int, int]:
         """``(frames cached, bytes cached)``."""
@@ -735,9 +742,10 @@ class TalkingHeadSplit(torch.utils.data.Dataset):
         self.name = name
         self.img_ids: list[int] = list(transforms.img_ids)
         self.aud_ids: list[int] = list(transforms.aud_ids)
-        m = data.audio.shape[0]
-        aud = torch.tensor([min(a, m - 1) for a in transforms.aud_ids], dtype=torch.long)
-        self.audio = data.audio[aud]  # [n, 16, D], the split's audio sequence (reference §3.2)
+        m, shift = data.audio.shape[0], int(data.audio_shift)
+        #: ``[n]`` the audio window of each frame: its ``aud_id`` + the data's ``audio_shift``, inside the clip
+        self.audio_rows = torch.tensor([min(max(a + shift, 0), m - 1) for a in transforms.aud_ids], dtype=torch.long)
+        self.audio = data.audio[self.audio_rows]  # [n, 16, D], the split's audio sequence (reference §3.2)
         self.eye = data.eye[torch.tensor(self.img_ids, dtype=torch.long)]  # [n]
         self.c2w = torch.from_numpy(transforms.c2w).float()  # [n, 4, 4]
         self.cam = camera_condition(self.c2w.double()).float()  # [n, 12]

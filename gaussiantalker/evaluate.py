@@ -170,6 +170,11 @@ def evaluate(model, iteration: Optional[int] = None, device="auto", workspace: O
     if n == 0:
         raise ValueError(f"dataset {talker.data.path} has no held-out (val) frames to evaluate on")
     notes: List[str] = []
+    shift = talker.model.clip_shift
+    if shift:
+        notes.append(f"training measured this clip's sound {40 * abs(shift)} ms {'behind' if shift > 0 else 'ahead of'} "
+                     f"its picture: the held-out frames are rendered from their audio read {abs(shift)} frame(s) "
+                     f"{'later' if shift > 0 else 'earlier'}, as in training (a new audio is read as it is)")
     tmp = Path(tempfile.mkdtemp(prefix="gt_eval_"))
     try:
         ours = _FrameStore(n, talker.height, talker.width, tmp, "ours")

@@ -199,6 +199,7 @@ class Talker:
         # gets have the dataset's own size (width x height): a smaller head render is upsampled and composited
         # over the full-size torso and background.
         self.render_width, self.render_height, self.focal = int(data.width), int(data.height), float(data.focal)
+        data.audio_shift = self.model.clip_shift  # the clip's own audio, aligned as in training
         self.full = data.at_full_size()  # width, height, bg_torso (and, for a dataset, its splits) at the output size
         self.width, self.height = int(self.full.width), int(self.full.height)
         #: "utterance": a driving audio's features are brought to the training clip's speech statistics (per

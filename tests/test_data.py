@@ -142,6 +142,21 @@ def test_resolution_scaling(datasets):
     assert batch.cameras.width == 32 and float(batch.cameras.tanfovx) == pytest.approx(32 / (2 * half.focal))
 
 
+def test_audio_shift_reads_each_frame_later_or_earlier_windows(datasets):
+    data = TalkingHeadData.open(datasets[0], resolution=32)
+    plain = data.split("train")
+    m = data.audio.shape[0]
+    assert data.audio_shift == 0 and torch.equal(plain.audio_rows, torch.tensor(plain.aud_ids).clamp(max=m - 1))
+    for shift in (2, -3):
+        data.audio_shift = shift
+        for name in ("train", "val"):
+            split = data.split(name)
+            rows = (torch.tensor(split.aud_ids) + shift).clamp(0, m - 1)  # inside the clip at both ends
+            assert torch.equal(split.audio_rows, rows) and torch.equal(split.audio, data.audio[rows])
+            assert torch.equal(split[3].audio, audio_context(split.audio, torch.tensor([3]))[0])
+        assert data.at_full_size().audio_shift == shift  # the output-size copy a Talker renders from
+
+
 def test_lips_rect_is_clipped_ints_at_borders():
     lms = np.zeros((68, 2))
     lms[48:60] = np.stack([np.linspace(-5, 9, 12), np.linspace(58, 70, 12)], 1)  # x = col, y = row

@@ -286,6 +286,7 @@ def test_the_renderer_is_shown_out_of_fold_predicted_codes(dataset60, tmp_path, 
     model, split = trainer.model, trainer.train_split
     predicted = trainer._predicted
     assert predicted.shape == (len(split), model.lip_dim) == (60, 6)
+    assert model.clip_shift == 0  # the synthetic clip's sound is in step with its picture
     rows = torch.cat(seen)
     assert rows.shape == (16, 6)
     assert all(bool((predicted == row).all(1).any()) for row in rows)  # each one a frame's predicted code
@@ -371,3 +372,43 @@ def test_a_predicted_share_without_the_kernel_predictor_is_reported_not_silently
     with caplog.at_level("WARNING", logger="gaussiantalker.train.trainer"):
         Trainer(TalkingHeadData.open(dataset), tiny("cpu_small"), tmp_path / "k", torch.device("cpu"), progress=False)
     assert "is ignored" not in caplog.text
+
+
+def test_a_clip_whose_sound_is_late_is_learnt_in_step(tmp_path, caplog):
+    # The synthetic clip with its sound moved 2 frames (80 ms) later than the picture: frame k's aud_id is k - 2.
+    import gaussiantalker
+
+    path = make_synthetic_dataset(tmp_path / "data" / "late", num_frames=66, size=32, num_points=300)
+    for name in ("train", "val"):
+        doc_path = path / f"transforms_{name}.json"
+        doc = json.loads(doc_path.read_text())
+        for frame in doc["frames"]:
+            frame["aud_id"] = max(0, int(frame["img_id"]) - 2)
+        doc_path.write_text(json.dumps(doc))
+    cfg = tiny("cpu_small", coarse_iterations=3, iterations=2, checkpoint_every=2, batch_size=4, resolution=-1)
+    with caplog.at_level("WARNING", logger="gaussiantalker.train.trainer"):
+        trainer = Trainer(TalkingHeadData.open(path), cfg, tmp_path / "m", torch.device("cpu"), progress=False)
+        trainer.run()
+    assert trainer.model.clip_shift == 2 and "80 ms behind its picture" in caplog.text
+    split = trainer.train_split
+    assert split.audio_rows.tolist()[2:] == split.img_ids[2:]  # every frame reads its own sound again
+    # The saved model: a Talker reads the clip's own audio the same way (held-out frames, evaluate), and a new
+    # audio as it is.
+    talker = gaussiantalker.load(tmp_path / "m", device="CPU")
+    assert talker.model.clip_shift == 2 and talker.data.audio_shift == 2
+    val = talker.full.split("val")
+    assert val.audio_rows.tolist() == [min(i, talker.data.audio.shape[0] - 1) for i in val.img_ids]
+    result = gaussiantalker.evaluate(talker)
+    assert any("80 ms behind its picture" in note for note in result.notes)
+    # A resumed run reads the shift from its checkpoint (and its fresh dataset object is shifted again).
+    first = Trainer(TalkingHeadData.open(path), cfg, tmp_path / "r", torch.device("cpu"), progress=False)
+    first.run(stop_at=2)
+    second = Trainer(TalkingHeadData.open(path), cfg, tmp_path / "r", torch.device("cpu"), progress=False)
+    second.prepare()
+    assert second.state.global_iteration == 2 and second.model.clip_shift == 2
+    assert torch.equal(second.train_split.audio, split.audio)
+    # Off: the clip is read as its transforms say.
+    off = Trainer(TalkingHeadData.open(path), cfg.replace(lip_kernel_align=False), tmp_path / "off",
+                  torch.device("cpu"), progress=False)
+    off.prepare()
+    assert off.model.clip_shift == 0 and off.data.audio_shift == 0

@@ -157,6 +157,13 @@ class GaussianTalkerModel(nn.Module):
     def num_points(self) -> int:
         return int(self.xyz.shape[0])
 
+    @property
+    def clip_shift(self) -> int:
+        """Frames by which the training clip's sound lagged (> 0) or led its picture, as the kernel lip predictor's fit
+        measured it (0 for other models): renders of the clip's own audio read it shifted by this much
+        (``TalkingHeadData.audio_shift``); a new audio is read as it is."""
+        return int(self.lip_regression.clip_shift) if self.lip_kernel else 0
+
     def gaussian_parameters(self) -> dict[str, nn.Parameter]:
         """The per-Gaussian parameters by name (rows = Gaussians)."""
         return {name: getattr(self, name) for name in GAUSSIAN_PARAMS}

@@ -260,7 +260,7 @@ class Trainer:
         samples = load_audio(wav)
         rng = np.random.default_rng(int(self.config.optimization.seed))
         split = self.train_split
-        aud = torch.tensor([min(a, self.data.audio.shape[0] - 1) for a in split.aud_ids], dtype=torch.long)
+        aud = split.audio_rows
         idx = torch.arange(len(split))
         loud = float(np.sqrt(np.mean(samples.astype(np.float64) ** 2))) or 1e-3
         windows, codes, rows = [], [], []
@@ -326,6 +326,7 @@ class Trainer:
         training frames (each fold's noisy copies left out with it)."""
         model = self.model
         k = model.lip_dim
+        self._align_clip_audio()
         fit, true, cv = self._lip_kernel_folds()
         gain = torch.ones(k)
         if cv is not None:
@@ -341,6 +342,45 @@ class Trainer:
         model.lip_gain.copy_(gain.to(model.lip_gain.device))
         self._set_lip_range(true)
         self._folds_cv = cv
+
+    def _align_clip_audio(self) -> None:
+        """Measure the offset of the clip's sound against its picture (``lip_kernel_align``): the shift of the audio
+        windows that predicts the training frames' mouths best, cross-validated (:func:`~gaussiantalker.model.\
+lipkernel.align_windows`); the predictor is then fitted on each frame's audio read that many frames later, so
+        that a clip whose sound is a few frames off its picture still teaches a mouth in step with the sound, and a
+        new audio drives the mouth in step. Saved with the model (``clip_shift``); renders of the clip's own audio
+        read it shifted the same way (:meth:`_use_clip_shift`)."""
+        from ..data import audio_context
+        from ..model.lipkernel import align_windows, input_weights
+
+        model, o = self.model, self.config.optimization
+        shift = 0
+        if o.lip_kernel_align:
+            split = self.train_split
+            start = time.perf_counter()
+            shift, scores = align_windows(audio_context(split.audio, torch.arange(len(split))),
+                                          split.lips[:, : model.lip_dim], self._train_openings(),
+                                          float(o.lip_kernel_ridge), input_weights(model.audio_dim))
+            if scores:
+                log.info("lip code: cross-validated r of the mouth read from the audio windows shifted by -4 .. +2 "
+                         "frames: %s (%.1f s)", ", ".join(f"{s:+d}: {r:.3f}" for s, r in scores.items()),
+                         time.perf_counter() - start)
+                if shift:
+                    log.warning("lip code: this clip's sound seems %d ms %s its picture (frames of 40 ms); the audio "
+                                "predictor learns from it shifted by %+d frames (r %.3f against %.3f unshifted)",
+                                40 * abs(shift), "behind" if shift > 0 else "ahead of", shift, scores[shift],
+                                scores[0])
+        model.lip_regression.clip_shift.fill_(shift)
+        self._use_clip_shift()
+
+    def _use_clip_shift(self) -> None:
+        """Read the clip's audio shifted by the model's ``clip_shift`` (a fresh run after measuring it, a resumed one
+        after loading the model): the dataset's ``audio_shift``, and the training split made again with it."""
+        shift = self.model.clip_shift
+        if shift != self.data.audio_shift:
+            self.data.audio_shift = shift
+            self.train_split = self.data.split("train")
+            self._bank = None
 
     def _lip_kernel_folds(self) -> tuple[Callable[[torch.Tensor | None], Any], torch.Tensor, torch.Tensor | None]:
         """``(fit, tracked, cv)``: ``fit(keep)`` fits a kernel predictor to the training windows and extra samples
@@ -367,9 +407,10 @@ class Trainer:
                 keep = torch.ones(x.shape[0], dtype=torch.bool)
             # Far from every training window the prediction falls back to the prior: the mean code of the real
             # frames kept (the silence samples' closed mouths would pull it shut for any unfamiliar sound).
-            return KernelLipPredictor(model.audio_dim, k).fit(
-                x[keep], y[keep], float(o.lip_kernel_ridge), int(o.lip_kernel_centres),
-                torch.Generator().manual_seed(seed), weights, prior=y[:n][keep[:n]].mean(0))
+            pred = KernelLipPredictor(model.audio_dim, k)
+            pred.clip_shift.copy_(model.lip_regression.clip_shift)  # the inputs' shift, kept with the fit
+            return pred.fit(x[keep], y[keep], float(o.lip_kernel_ridge), int(o.lip_kernel_centres),
+                            torch.Generator().manual_seed(seed), weights, prior=y[:n][keep[:n]].mean(0))
 
         cv = None
         if n >= 50:
@@ -452,6 +493,7 @@ class Trainer:
         model.resize_for_state(ckpt["model"])
         model.load_state_dict(ckpt["model"], strict=True)
         self.model = model.to(self.device).train()
+        self._use_clip_shift()
         self.optimizer = self._make_optimizer(self.state.stage)
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.lip_optimizer = self._make_lip_optimizer()
