@@ -407,8 +407,16 @@ def test_a_clip_whose_sound_is_late_is_learnt_in_step(tmp_path, caplog):
     second.prepare()
     assert second.state.global_iteration == 2 and second.model.clip_shift == 2
     assert torch.equal(second.train_split.audio, split.audio)
-    # Off: the clip is read as its transforms say.
-    off = Trainer(TalkingHeadData.open(path), cfg.replace(lip_kernel_align=False), tmp_path / "off",
-                  torch.device("cpu"), progress=False)
-    off.prepare()
-    assert off.model.clip_shift == 0 and off.data.audio_shift == 0
+    # A dataset object that comes shifted is measured afresh; off, the clip is read as its transforms say (the
+    # GaussianTalker presets, without the kernel predictor, too).
+    shifted = trainer.data
+    assert shifted.audio_shift == 2
+    again = Trainer(shifted, cfg, tmp_path / "again", torch.device("cpu"), progress=False)
+    again.prepare()
+    assert again.model.clip_shift == 2 and torch.equal(again.train_split.audio, split.audio)
+    for name, c in (("off", cfg.replace(lip_kernel_align=False)), ("original", tiny())):
+        other = Trainer(shifted, c, tmp_path / name, torch.device("cpu"), progress=False)
+        other.prepare()
+        assert other.model.clip_shift == 0 and shifted.audio_shift == 0
+        assert other.train_split.audio_rows.tolist()[2:] == [i - 2 for i in other.train_split.img_ids[2:]]
+        shifted.audio_shift = 2

@@ -355,6 +355,7 @@ lipkernel.align_windows`); the predictor is then fitted on each frame's audio re
 
         model, o = self.model, self.config.optimization
         shift = 0
+        self._read_audio_shifted(0)  # measured against the clip as its transforms say (the data may come shifted)
         if o.lip_kernel_align:
             split = self.train_split
             start = time.perf_counter()
@@ -375,8 +376,12 @@ lipkernel.align_windows`); the predictor is then fitted on each frame's audio re
 
     def _use_clip_shift(self) -> None:
         """Read the clip's audio shifted by the model's ``clip_shift`` (a fresh run after measuring it, a resumed one
-        after loading the model): the dataset's ``audio_shift``, and the training split made again with it."""
-        shift = self.model.clip_shift
+        after loading the model)."""
+        self._read_audio_shifted(self.model.clip_shift)
+
+    def _read_audio_shifted(self, shift: int) -> None:
+        """Set the dataset's ``audio_shift`` and make the training split (and the predictor's noise copies) again
+        with it."""
         if shift != self.data.audio_shift:
             self.data.audio_shift = shift
             self.train_split = self.data.split("train")
@@ -493,7 +498,6 @@ lipkernel.align_windows`); the predictor is then fitted on each frame's audio re
         model.resize_for_state(ckpt["model"])
         model.load_state_dict(ckpt["model"], strict=True)
         self.model = model.to(self.device).train()
-        self._use_clip_shift()
         self.optimizer = self._make_optimizer(self.state.stage)
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.lip_optimizer = self._make_lip_optimizer()
@@ -523,6 +527,7 @@ lipkernel.align_windows`); the predictor is then fitted on each frame's audio re
             self._resume(self.model_dir / "checkpoints" / f"chkpnt_{found[-1]}.pth")
         else:
             self._fresh()
+        self._use_clip_shift()  # the clip's audio as the model reads it (resumed: from its checkpoint)
         self._broadcast_model()
         if not self.comm.is_main:
             return
