@@ -15,6 +15,7 @@ from gaussiantalker.model.lipkernel import (
     WINDOWS,
     KernelLipPredictor,
     align_windows,
+    choose_shift,
     input_weights,
     windows_for_shift,
 )
@@ -197,6 +198,26 @@ def test_a_shift_must_beat_the_unshifted_windows_clearly():
     assert scores[0] > 0.5 and 0 < scores[1] - scores[0] < ALIGN_MARGIN and shift == 0
     # Made by windows k + 1 and k + 2, the same sound one frame late is clearly better read shifted.
     assert align_windows(*_sequence(400, 1), weights=input_weights(D))[0] == 1
+
+
+def test_a_shift_must_win_in_the_folds_not_just_on_average():
+    base = [0.5, 0.4, 0.45, 0.55, 0.5]
+    steady = {0: base, -2: [r + 0.08 for r in base], 1: [r - 0.1 for r in base]}
+    assert choose_shift(steady) == -2
+    # The best mean, but from erratic folds, loses to a steady gain (the German clip with its sound 120 ms early:
+    # -3 gained 0.085 with a standard error of 0.053, -2 as much with 0.035).
+    wobbly = [0.3, -0.1, 0.25, -0.05, 0.05]
+    steady[-3] = [r + g for r, g in zip(base, wobbly)]
+    assert choose_shift(steady) == -2
+    # The same mean gain (0.08) from two folds that gain a lot while three lose: not an offset, noise (a 6 s clip).
+    erratic = {0: base, -2: [base[0] + 0.5, base[1] - 0.1, base[2] + 0.3, base[3] - 0.1, base[4] - 0.2]}
+    assert choose_shift(erratic) == 0
+    # Consistent but small: below the margin.
+    assert choose_shift({0: base, 1: [r + 0.02 for r in base]}) == 0
+    # A fold where the mouth does not move (NaN r) is left out; fewer than 3 usable folds: no shift.
+    nan = float("nan")
+    assert choose_shift({0: [nan] + base[1:], 2: [nan] + [r + 0.1 for r in base[1:]]}) == 2
+    assert choose_shift({0: [nan, nan, nan, 0.4, 0.5], 2: [nan, nan, nan, 0.9, 0.9]}) == 0
 
 
 def test_windows_for_shift_and_the_clip_shift_buffer():

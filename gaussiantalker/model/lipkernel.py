@@ -29,7 +29,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-__all__ = ["KernelLipPredictor", "align_windows", "windows_for_shift"]
+__all__ = ["KernelLipPredictor", "align_windows", "choose_shift", "windows_for_shift"]
 
 CENTRE_WINDOW = 4
 """Index of the frame's own window in the 8-window audio context (see gaussiantalker.data.audio_context)."""
@@ -43,8 +43,13 @@ SHIFTS = tuple(range(-CENTRE_WINDOW, 8 - WINDOWS[-1]))
 (-4 .. +2: the sound 160 ms early to 80 ms late against the picture). Reading later windows adds no latency: a
 frame's context already reaches 3 frames ahead."""
 ALIGN_MARGIN = 0.03
-"""A shift other than 0 is taken only when it raises the cross-validated r by at least this much (on the clips
-measured, neighbouring shifts differ by less than 0.01 near the best one: noise, not an offset)."""
+"""A shift other than 0 is taken only when it raises the cross-validated r (mean over the folds) by at least this
+much (on the clips measured, neighbouring shifts differ by less than 0.01 near the best one: noise, not an
+offset) and by at least ``ALIGN_T`` standard errors of its per-fold gains."""
+ALIGN_T = 2.0
+"""How consistent over the folds the gain of a shift must be (mean / standard error of the per-fold gains): a 6 s
+clip gained 0.05 on average with -2 frames but lost in 2 of its 5 folds (t 0.5), the German clip with its sound
+moved 80 ms later gained 0.17 in every fold (t 3.7)."""
 
 
 def windows_for_shift(shift: int) -> tuple[int, int]:
@@ -197,15 +202,16 @@ def align_windows(audio: Tensor, codes: Tensor, opening: Tensor, ridge: float = 
     late costs 0.19 of the cross-validated r below). For each shift in :data:`SHIFTS`, a kernel predictor is
     fitted on ``folds`` contiguous folds of the training frames (at most ``max_frames`` of them, evenly spaced),
     and the mouth opening read out linearly from its out-of-fold codes (least squares of ``opening`` on the
-    tracked codes) is correlated with the tracked opening. The best shift is taken when it beats shift 0 by at
-    least :data:`ALIGN_MARGIN`, else 0.
+    tracked codes) is correlated with the tracked opening in each fold. The best shift is taken when it beats
+    shift 0 clearly and consistently over the folds (:func:`choose_shift`), else 0.
 
     Args:
         audio: ``[n, 8, 16, D]`` the training frames' audio contexts, in clip order (the first 4 and the last 3
             frames, whose contexts reach past the sequence, are not scored).
         codes: ``[n, K]`` their tracked lip codes. opening: ``[n]`` their mouth opening (NaN: frame left out).
     Returns:
-        ``(shift, {shift: cross-validated r})``; ``(0, {})`` with fewer than 10 usable frames per fold.
+        ``(shift, {shift: cross-validated r, the mean over the folds})``; ``(0, {})`` with fewer than 10 usable
+        frames per fold.
     """
     ok = torch.isfinite(opening) & torch.isfinite(codes).all(1)
     # The sequence's first 4 and last 3 frames lack some context windows (zeros), differently for each shift.
@@ -221,18 +227,35 @@ def align_windows(audio: Tensor, codes: Tensor, opening: Tensor, ridge: float = 
     design = torch.cat([y, torch.ones(len(y), 1, dtype=y.dtype)], 1)
     readout = torch.linalg.lstsq(design, target[:, None]).solution  # [K + 1, 1]
     parts = torch.arange(len(idx)).tensor_split(folds)
-    scores: dict[int, float] = {}
+    per_fold: dict[int, list[float]] = {}
     for shift in SHIFTS:
-        oof = torch.zeros_like(y)
+        per_fold[shift] = []
         for part in parts:
             keep = torch.ones(len(idx), dtype=torch.bool)
             keep[part] = False
             pred = KernelLipPredictor(audio.shape[-1], y.shape[1], windows_for_shift(shift))
             pred.fit(x[keep], y[keep].float(), ridge, max_centres=max_frames, weights=weights)
-            oof[part] = pred(x[part]).double()
-        scores[shift] = _pearson((torch.cat([oof, torch.ones(len(y), 1, dtype=y.dtype)], 1) @ readout)[:, 0], target)
-    finite = {k: v for k, v in scores.items() if v == v}
-    if not finite or 0 not in finite:
-        return 0, scores
-    best = max(finite, key=lambda k: (finite[k], -abs(k)))
-    return (best if finite[best] >= finite[0] + ALIGN_MARGIN else 0), scores
+            opening_part = torch.cat([pred(x[part]).double(), torch.ones(len(part), 1, dtype=y.dtype)], 1) @ readout
+            per_fold[shift].append(_pearson(opening_part[:, 0], target[part]))
+    return choose_shift(per_fold), {k: sum(v) / len(v) for k, v in per_fold.items()}
+
+
+def choose_shift(per_fold: dict[int, list[float]]) -> int:
+    """Of the shifts whose gain in r over shift 0 (``{shift: [r per fold]}``, 0 among them) is at least
+    :data:`ALIGN_MARGIN` on average and :data:`ALIGN_T` standard errors of the per-fold gains, the one with the
+    highest mean r; 0 when there is none. Folds whose r is NaN (a mouth that does not move there) are left out of
+    every comparison."""
+    folds = len(per_fold.get(0, []))
+    usable = [i for i in range(folds) if all(v[i] == v[i] for v in per_fold.values())]
+    if len(usable) < 3:
+        return 0
+    mean = {k: sum(v[i] for i in usable) / len(usable) for k, v in per_fold.items()}
+
+    def clear_gain(shift: int) -> bool:
+        gains = [per_fold[shift][i] - per_fold[0][i] for i in usable]
+        gain = sum(gains) / len(gains)
+        spread = (sum((g - gain) ** 2 for g in gains) / (len(gains) - 1)) ** 0.5 / len(gains) ** 0.5
+        return gain >= ALIGN_MARGIN and gain >= ALIGN_T * spread
+
+    taken = [k for k in mean if k != 0 and clear_gain(k)]
+    return max(taken, key=lambda k: (mean[k], -abs(k))) if taken else 0
