@@ -25,6 +25,7 @@ def test_held_out_mouth_follows_the_real_one(shared_data, tmp_path):
     if not video.is_file():
         pytest.skip(f"{video} is absent")
     data = gt.preprocess(video, workspace=tmp_path, device="cpu", progress=False)
+    _sound_against_picture(data.path)
     cfg = load_config("cpu_small", coarse_iterations=600, iterations=500, densify_until_iter=500,
                       checkpoint_every=0, preview_every=0, tensorboard=False)
     model = gt.train(data, config=cfg, device="cpu", progress=False)
@@ -57,3 +58,22 @@ def test_held_out_mouth_follows_the_real_one(shared_data, tmp_path):
     assert other.subject_lag in (-2, -1) and other.subject_lag_reference > other.reference_pearson
     assert np.isfinite(other.subject_lag_pearson) and other.subject_lag_ratio == pytest.approx(
         other.subject_lag_pearson / other.subject_lag_reference)
+
+
+def _sound_against_picture(path) -> None:
+    """The alignment measures this clip's sound in step with its picture, and 2 frames late once every frame reads
+    the sound of 2 frames before its own (80 ms, as from a video whose audio track lags)."""
+    import torch
+
+    from gaussiantalker.data import TalkingHeadData, audio_context
+    from gaussiantalker.model.lipkernel import align_windows, input_weights
+
+    clip = TalkingHeadData.open(path)
+    for late in (0, 2):
+        clip.audio_shift = -late
+        split = clip.split("train")
+        opening = clip.mouth_opening[torch.tensor(split.img_ids)]
+        shift, scores = align_windows(audio_context(split.audio, torch.arange(len(split))), split.lips[:, :6],
+                                      opening, weights=input_weights(clip.audio_dim))
+        print(f"sound {40 * late} ms late: measured {shift:+d} frames, r per shift {scores}")
+        assert shift == late
