@@ -47,7 +47,8 @@ from typing import Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from ..fileio import read_lms, write_lms
+from .. import fileio
+from ..fileio import write_lms
 
 logger = logging.getLogger(__name__)
 
@@ -131,6 +132,12 @@ def mediapipe_to_ibug68(points478: np.ndarray) -> np.ndarray:
     if pts.ndim < 2 or pts.shape[-2] < 468 or pts.shape[-1] < 2:
         raise ValueError(f"points478 must have shape [..., 478, >=2], got {pts.shape}")
     return pts[..., list(MEDIAPIPE_TO_IBUG68), :2]
+
+
+def read_lms(path: PathLike) -> np.ndarray:
+    """An ER-NeRF ``.lms`` file as ``[68, 2]`` float32, the dtype the preprocessing steps work in
+    (:func:`gaussiantalker.fileio.read_lms` reads and checks it)."""
+    return fileio.read_lms(path).astype(np.float32)
 
 
 def iter_video_rgb(path: PathLike, max_frames: Optional[int] = None) -> Iterator[np.ndarray]:

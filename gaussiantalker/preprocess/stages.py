@@ -85,7 +85,7 @@ def read_all_lms(ctx: Context) -> np.ndarray:
     from .landmarks import read_lms
 
     folder = ctx.path("ori_imgs")
-    return np.stack([read_lms(frame_path(folder, i, ".lms")) for i in range(num_frames(ctx))]).astype(np.float32)
+    return np.stack([read_lms(frame_path(folder, i, ".lms")) for i in range(num_frames(ctx))])
 
 
 class ProbeStep(Step):
