@@ -276,10 +276,10 @@ class OptimizationParams:
     """Ours (kernel lip predictor): at most this many training windows serve as kernel centres (Nystroem); a
     longer clip's frames are subsampled (memory and fit time grow with the square of this number)."""
     lip_kernel_align: bool = True
-    """Ours (kernel lip predictor): before the fit, choose which audio windows it reads, shifted by -4 .. +2 frames,
-    by cross-validation on the training frames, so that a clip whose sound is off its picture by up to 160 ms early
-    or 80 ms late still gets a mouth in step (a shift is taken only when clearly better; off: the frame's own
-    window and the next one's)."""
+    """Ours (kernel lip predictor): before the fit, measure how many frames (-6 .. +6) the clip's sound is off its
+    picture, by cross-validation on the training frames, and fit the predictor on the audio read that much later or
+    earlier, so that a clip whose sound is up to 240 ms off still teaches a mouth in step (a shift is taken only
+    when clearly and steadily better; off: the audio as the dataset's transforms give it)."""
     lip_code_lr: float = 0.001
     """Ours (network lip predictor): learning rate of the audio -> lip-code predictor (AdamW, weight decay 0.01)."""
     lip_code_batch: int = 64

@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from gaussiantalker.config import load_config
-from gaussiantalker.data import audio_context
 from gaussiantalker.model.lipkernel import (
     ALIGN_MARGIN,
     CENTRE_WINDOW,
@@ -14,10 +13,9 @@ from gaussiantalker.model.lipkernel import (
     TEMPORAL_SIGMA,
     WINDOWS,
     KernelLipPredictor,
-    align_windows,
     choose_shift,
     input_weights,
-    windows_for_shift,
+    measure_audio_shift,
 )
 from gaussiantalker.model.talker import GaussianTalkerModel
 
@@ -166,7 +164,7 @@ def test_cpu_small_uses_the_kernel_and_old_network_models_still_load():
 def _sequence(n: int, late: int, seed: int = 4, mix: tuple[float, ...] = (1.0, 1.0)
               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """A clip of ``n`` frames whose sound comes ``late`` frames after its picture: the mouth of frame ``k`` is made by
-    the sound of windows ``k + late``, ``k + late + 1``, ... (weighed by ``mix``). ``(contexts [n, 8, 16, D],
+    the sound of windows ``k + late``, ``k + late + 1``, ... (weighed by ``mix``). ``(windows [n, 16, D],
     codes [n, K], opening [n])``."""
     g = torch.Generator().manual_seed(seed)
     seq = torch.randn(n, 16, D, generator=g)
@@ -175,29 +173,29 @@ def _sequence(n: int, late: int, seed: int = 4, mix: tuple[float, ...] = (1.0, 1
     for k in range(n):
         made[k] = sum(w * energy[min(max(k + late + j, 0), n - 1)] for j, w in enumerate(mix))
     codes = torch.stack([torch.tanh(2 * made), made ** 2, 0.1 * torch.randn(n, generator=g)], 1)
-    return audio_context(seq, torch.arange(n)), codes, codes[:, 0].clone()
+    return seq, codes, codes[:, 0].clone()
 
 
-@pytest.mark.parametrize("late", [0, 2, -3])
-def test_align_windows_finds_how_late_the_sound_is(late):
+@pytest.mark.parametrize("late", [0, 2, -3, 6])
+def test_measure_audio_shift_finds_how_late_the_sound_is(late):
     audio, codes, opening = _sequence(400, late)
-    shift, scores = align_windows(audio, codes, opening, weights=input_weights(D))
+    shift, scores = measure_audio_shift(audio, codes, opening, weights=input_weights(D))
     assert tuple(scores) == SHIFTS and shift == late
     assert scores[late] > 0.5 and scores[late] > scores[0] + 0.2 if late else scores[0] == max(scores.values())
     # A frame left without an opening (no face tracked) is not scored; too few frames: no measure, shift 0.
     opening[::7] = float("nan")
-    assert align_windows(audio, codes, opening, weights=input_weights(D))[0] == late
-    assert align_windows(audio[:40], codes[:40], opening[:40]) == (0, {})
+    assert measure_audio_shift(audio, codes, opening, weights=input_weights(D))[0] == late
+    assert measure_audio_shift(audio[:60], codes[:60], opening[:60]) == (0, {})
 
 
 def test_a_shift_must_beat_the_unshifted_windows_clearly():
     # The mouth made mostly by window k + 1 and a little by k + 2: the pair shifted by one frame (k + 1, k + 2) reads
-    # it a little better than the unshifted pair (k, k + 1), but not by the margin: the windows stay unshifted.
+    # it a little better than the unshifted pair (k, k + 1), but not by the margin: the audio stays unshifted.
     audio, codes, opening = _sequence(400, 1, mix=(1.0, 0.1))
-    shift, scores = align_windows(audio, codes, opening, weights=input_weights(D))
+    shift, scores = measure_audio_shift(audio, codes, opening, weights=input_weights(D))
     assert scores[0] > 0.5 and 0 < scores[1] - scores[0] < ALIGN_MARGIN and shift == 0
     # Made by windows k + 1 and k + 2, the same sound one frame late is clearly better read shifted.
-    assert align_windows(*_sequence(400, 1), weights=input_weights(D))[0] == 1
+    assert measure_audio_shift(*_sequence(400, 1), weights=input_weights(D))[0] == 1
 
 
 def test_a_shift_must_win_in_the_folds_not_just_on_average():
@@ -220,12 +218,7 @@ def test_a_shift_must_win_in_the_folds_not_just_on_average():
     assert choose_shift({0: [nan, nan, nan, 0.4, 0.5], 2: [nan, nan, nan, 0.9, 0.9]}) == 0
 
 
-def test_windows_for_shift_and_the_clip_shift_buffer():
-    assert windows_for_shift(0) == WINDOWS and windows_for_shift(-4) == (0, 1) and windows_for_shift(2) == (6, 7)
-    with pytest.raises(ValueError, match="shift must be one of"):
-        windows_for_shift(3)
-    with pytest.raises(ValueError, match="windows must be indices"):
-        KernelLipPredictor(D, K, (7, 8))
+def test_the_clip_shift_is_saved_and_old_models_have_none():
     audio, codes = _data(60)
     fitted = KernelLipPredictor(D, K).fit(audio, codes)
     fitted.clip_shift.fill_(-2)

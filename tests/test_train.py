@@ -378,7 +378,7 @@ def test_a_clip_whose_sound_is_early_is_learnt_in_step(tmp_path, caplog):
     # The synthetic clip with its sound moved 3 frames (120 ms) ahead of the picture: frame k's aud_id is k + 3.
     import gaussiantalker
 
-    path = make_synthetic_dataset(tmp_path / "data" / "early", num_frames=66, size=32, num_points=300)
+    path = make_synthetic_dataset(tmp_path / "data" / "early", num_frames=100, size=32, num_points=300)
     for name in ("train", "val"):
         doc_path = path / f"transforms_{name}.json"
         doc = json.loads(doc_path.read_text())

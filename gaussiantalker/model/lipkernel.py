@@ -18,8 +18,8 @@ Kernel: Gaussian RBF ``exp(-|a - b|^2 / S)`` on the weighted inputs, ``S = sum(w
 ``max_centres`` centres (all training rows when there are fewer, which is then exact kernel ridge):
 ``alpha = (K_nm^T K_nm + lambda K_mm)^-1 K_nm^T (Y - prior)``, the prior by default the mean of ``Y``.
 
-A video's sound may be off its picture by a few frames. :func:`align_windows` measures it before the fit (which
-shift of the windows read predicts the training frames' mouths best, cross-validated); the trainer then fits on
+A video's sound may be off its picture by a few frames. :func:`measure_audio_shift` measures it before the fit
+(which shift of the audio predicts the training frames' mouths best, cross-validated); the trainer then fits on
 each frame's audio read that much later or earlier (``TalkingHeadData.audio_shift``, kept in the predictor as
 ``clip_shift``), so the predictor learns the mouth of the sound it makes, and a new audio drives it in step.
 """
@@ -29,7 +29,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-__all__ = ["KernelLipPredictor", "align_windows", "choose_shift", "windows_for_shift"]
+__all__ = ["KernelLipPredictor", "choose_shift", "measure_audio_shift"]
 
 CENTRE_WINDOW = 4
 """Index of the frame's own window in the 8-window audio context (see gaussiantalker.data.audio_context)."""
@@ -38,10 +38,9 @@ WINDOWS = (CENTRE_WINDOW, CENTRE_WINDOW + 1)
 make: from the frame's window alone the rendered mouth came out one frame late, best lag +1 on both clips)."""
 TEMPORAL_SIGMA = 3.0
 """Std, in 20 ms rows, of the Gaussian that weighs a window's rows in the squared distance (60 ms)."""
-SHIFTS = tuple(range(-CENTRE_WINDOW, 8 - WINDOWS[-1]))
-"""The shifts (frames) :func:`align_windows` tries: every pair of neighbouring windows inside the 8-window context
-(-4 .. +2: the sound 160 ms early to 80 ms late against the picture). Reading later windows adds no latency: a
-frame's context already reaches 3 frames ahead."""
+SHIFTS = tuple(range(-6, 7))
+"""The shifts (frames) :func:`measure_audio_shift` tries: the sound 240 ms early to 240 ms late against the
+picture."""
 ALIGN_MARGIN = 0.03
 """A shift other than 0 is taken only when it raises the cross-validated r (mean over the folds) by at least this
 much (on the clips measured, neighbouring shifts differ by less than 0.01 near the best one: noise, not an
@@ -50,13 +49,6 @@ ALIGN_T = 2.0
 """How consistent over the folds the gain of a shift must be (mean / standard error of the per-fold gains): a 6 s
 clip gained 0.05 on average with -2 frames but lost in 2 of its 5 folds (t 0.5), the German clip with its sound
 moved 80 ms later gained 0.17 in every fold (t 3.7)."""
-
-
-def windows_for_shift(shift: int) -> tuple[int, int]:
-    """The two context windows read when the clip's sound is ``shift`` frames late against its picture."""
-    if int(shift) not in SHIFTS:
-        raise ValueError(f"shift must be one of {SHIFTS}, got {shift}")
-    return tuple(w + int(shift) for w in WINDOWS)
 
 
 def input_weights(audio_dim: int, rows: int = 16) -> Tensor:
@@ -74,13 +66,11 @@ class KernelLipPredictor(nn.Module):
 
     Its buffers change size with the fit (the number of centres); loading a state dict resizes them."""
 
-    def __init__(self, audio_dim: int, code_dim: int, windows: tuple[int, ...] = WINDOWS) -> None:
+    def __init__(self, audio_dim: int, code_dim: int) -> None:
         super().__init__()
         self.audio_dim, self.code_dim = int(audio_dim), int(code_dim)
-        if not windows or any(not 0 <= int(w) < 8 for w in windows):
-            raise ValueError(f"windows must be indices into the 8-window audio context, got {windows}")
-        f = len(windows) * 16 * self.audio_dim
-        self.register_buffer("windows", torch.tensor([int(w) for w in windows], dtype=torch.long))
+        f = len(WINDOWS) * 16 * self.audio_dim
+        self.register_buffer("windows", torch.tensor(WINDOWS, dtype=torch.long))
         self.register_buffer("feat_mean", torch.zeros(f))
         self.register_buffer("feat_std", torch.ones(f))
         self.register_buffer("feat_weight", torch.ones(f))
@@ -192,48 +182,53 @@ def _pearson(a: Tensor, b: Tensor) -> float:
 
 
 @torch.no_grad()
-def align_windows(audio: Tensor, codes: Tensor, opening: Tensor, ridge: float = 0.3, weights: Tensor | None = None,
-                  folds: int = 5, max_frames: int = 2000) -> tuple[int, dict[int, float]]:
-    """Which audio windows predict a clip's mouth best: the shift (frames; > 0: the sound comes later than the
-    picture) of the two windows the predictor reads, and the score of each shift tried.
+def measure_audio_shift(windows: Tensor, codes: Tensor, opening: Tensor, ridge: float = 0.3,
+                        weights: Tensor | None = None, folds: int = 5, max_frames: int = 2000
+                        ) -> tuple[int, dict[int, float]]:
+    """How many frames a clip's sound lags (> 0) or leads its picture, as the audio predicts the mouth best; and
+    the score of each shift tried.
 
     A video's sound can be tens of milliseconds off its picture (capture, editing, re-encoding); a predictor that
-    reads the windows of the wrong frames learns a blurred, late or early mouth (on the German clip, a sound 80 ms
-    late costs 0.19 of the cross-validated r below). For each shift in :data:`SHIFTS`, a kernel predictor is
-    fitted on ``folds`` contiguous folds of the training frames (at most ``max_frames`` of them, evenly spaced),
-    and the mouth opening read out linearly from its out-of-fold codes (least squares of ``opening`` on the
-    tracked codes) is correlated with the tracked opening in each fold. The best shift is taken when it beats
-    shift 0 clearly and consistently over the folds (:func:`choose_shift`), else 0.
+    reads the sound of the wrong frames learns a blurred, late or early mouth (on the German clip, a sound 80 ms
+    late costs 0.19 of the cross-validated r below). For each shift ``s`` in :data:`SHIFTS`, a kernel predictor
+    reads frame ``k``'s mouth from the windows of frames ``k + s`` and ``k + s + 1`` (the windows it reads of an
+    unshifted clip: :data:`WINDOWS`); it is fitted on ``folds`` contiguous folds of the frames (at most
+    ``max_frames`` of them, evenly spaced), and the mouth opening read out linearly from its out-of-fold codes
+    (least squares of ``opening`` on the tracked codes) is correlated with the tracked opening in each fold. A shift
+    is taken when it beats 0 clearly and consistently over the folds (:func:`choose_shift`), else 0.
 
     Args:
-        audio: ``[n, 8, 16, D]`` the training frames' audio contexts, in clip order (the first 4 and the last 3
-            frames, whose contexts reach past the sequence, are not scored).
+        windows: ``[n, 16, D]`` the frames' audio windows, in clip order (the first and last 6 frames, which some
+            shifts read past the clip, are not scored).
         codes: ``[n, K]`` their tracked lip codes. opening: ``[n]`` their mouth opening (NaN: frame left out).
     Returns:
         ``(shift, {shift: cross-validated r, the mean over the folds})``; ``(0, {})`` with fewer than 10 usable
         frames per fold.
     """
+    n = windows.shape[0]
+    reach = max(abs(s) for s in SHIFTS)
     ok = torch.isfinite(opening) & torch.isfinite(codes).all(1)
-    # The sequence's first 4 and last 3 frames lack some context windows (zeros), differently for each shift.
-    ok[:CENTRE_WINDOW] = False
-    ok[len(ok) - (7 - CENTRE_WINDOW):] = False
+    ok[:reach] = False  # frames for which some shift would read past the clip
+    ok[max(0, n - reach - len(WINDOWS)):] = False
     idx = torch.nonzero(ok).reshape(-1)
     if idx.numel() > max_frames:
         idx = idx[torch.linspace(0, idx.numel() - 1, max_frames).round().long()]
     if idx.numel() < 10 * folds:
         return 0, {}
-    x, y = audio[idx], codes[idx].double()
-    target = opening[idx].double()
+    y, target = codes[idx].double(), opening[idx].double()
     design = torch.cat([y, torch.ones(len(y), 1, dtype=y.dtype)], 1)
     readout = torch.linalg.lstsq(design, target[:, None]).solution  # [K + 1, 1]
     parts = torch.arange(len(idx)).tensor_split(folds)
     per_fold: dict[int, list[float]] = {}
     for shift in SHIFTS:
+        x = windows.new_zeros((len(idx), 8) + tuple(windows.shape[1:]))  # contexts with the windows read filled in
+        for j, w in enumerate(WINDOWS):
+            x[:, w] = windows[idx + shift + j]
         per_fold[shift] = []
         for part in parts:
             keep = torch.ones(len(idx), dtype=torch.bool)
             keep[part] = False
-            pred = KernelLipPredictor(audio.shape[-1], y.shape[1], windows_for_shift(shift))
+            pred = KernelLipPredictor(windows.shape[-1], y.shape[1])
             pred.fit(x[keep], y[keep].float(), ridge, max_centres=max_frames, weights=weights)
             opening_part = torch.cat([pred(x[part]).double(), torch.ones(len(part), 1, dtype=y.dtype)], 1) @ readout
             per_fold[shift].append(_pearson(opening_part[:, 0], target[part]))

@@ -345,13 +345,12 @@ class Trainer:
 
     def _align_clip_audio(self) -> None:
         """Measure the offset of the clip's sound against its picture (``lip_kernel_align``): the shift of the audio
-        windows that predicts the training frames' mouths best, cross-validated (:func:`~gaussiantalker.model.\
-lipkernel.align_windows`); the predictor is then fitted on each frame's audio read that many frames later, so
+        that predicts the training frames' mouths best, cross-validated (:func:`~gaussiantalker.model.\
+lipkernel.measure_audio_shift`); the predictor is then fitted on each frame's audio read that many frames later, so
         that a clip whose sound is a few frames off its picture still teaches a mouth in step with the sound, and a
         new audio drives the mouth in step. Saved with the model (``clip_shift``); renders of the clip's own audio
         read it shifted the same way (:meth:`_use_clip_shift`)."""
-        from ..data import audio_context
-        from ..model.lipkernel import align_windows, input_weights
+        from ..model.lipkernel import SHIFTS, input_weights, measure_audio_shift
 
         model, o = self.model, self.config.optimization
         shift = 0
@@ -359,13 +358,12 @@ lipkernel.align_windows`); the predictor is then fitted on each frame's audio re
         if o.lip_kernel_align:
             split = self.train_split
             start = time.perf_counter()
-            shift, scores = align_windows(audio_context(split.audio, torch.arange(len(split))),
-                                          split.lips[:, : model.lip_dim], self._train_openings(),
-                                          float(o.lip_kernel_ridge), input_weights(model.audio_dim))
+            shift, scores = measure_audio_shift(split.audio, split.lips[:, : model.lip_dim], self._train_openings(),
+                                                float(o.lip_kernel_ridge), input_weights(model.audio_dim))
             if scores:
-                log.info("lip code: cross-validated r of the mouth read from the audio windows shifted by -4 .. +2 "
-                         "frames: %s (%.1f s)", ", ".join(f"{s:+d}: {r:.3f}" for s, r in scores.items()),
-                         time.perf_counter() - start)
+                log.info("lip code: cross-validated r of the mouth read from the audio shifted by %+d .. %+d frames: "
+                         "%s (%.1f s)", min(SHIFTS), max(SHIFTS),
+                         ", ".join(f"{s:+d}: {r:.3f}" for s, r in scores.items()), time.perf_counter() - start)
                 if shift:
                     log.warning("lip code: this clip's sound seems %d ms %s its picture (frames of 40 ms); the audio "
                                 "predictor learns from it shifted by %+d frames (r %.3f against %.3f unshifted)",
