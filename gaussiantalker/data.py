@@ -567,6 +567,20 @@ class TalkingHeadData:
             raise ValueError(f"split must be 'train' or 'val', got {name!r}")
         return TalkingHeadSplit(self, name, self._transforms[name])
 
+    def audio_rows_of(self, aud_ids: Sequence[int]) -> Tensor:
+        """``[n]`` long: the audio window each of these ``aud_id`` s is read from (+ ``audio_shift``, inside the clip)."""
+        m, shift = self.audio.shape[0], int(self.audio_shift)
+        return torch.tensor([min(max(int(a) + shift, 0), m - 1) for a in aud_ids], dtype=torch.long)
+
+    def frame_audio_rows(self) -> Tensor:
+        """``[num_frames]`` long: the audio window (at 25 per second, so also the audio's time in frames) each frame
+        ``img_id`` is read with, ``audio_shift`` included; a frame in no split reads its own index."""
+        aud = list(range(self.num_frames))
+        for t in self._transforms.values():
+            for img_id, aud_id in zip(t.img_ids, t.aud_ids):
+                aud[img_id] = aud_id
+        return self.audio_rows_of(aud)
+
     def point_cloud(self) -> tuple[Tensor, Tensor]:
         """Initial point cloud: ``xyz [N, 3]`` scene units, ``rgb [N, 3]`` in [0, 1].
 
@@ -742,9 +756,8 @@ class TalkingHeadSplit(torch.utils.data.Dataset):
         self.name = name
         self.img_ids: list[int] = list(transforms.img_ids)
         self.aud_ids: list[int] = list(transforms.aud_ids)
-        m, shift = data.audio.shape[0], int(data.audio_shift)
         #: ``[n]`` the audio window of each frame: its ``aud_id`` + the data's ``audio_shift``, inside the clip
-        self.audio_rows = torch.tensor([min(max(a + shift, 0), m - 1) for a in transforms.aud_ids], dtype=torch.long)
+        self.audio_rows = data.audio_rows_of(transforms.aud_ids)
         self.audio = data.audio[self.audio_rows]  # [n, 16, D], the split's audio sequence (reference §3.2)
         self.eye = data.eye[torch.tensor(self.img_ids, dtype=torch.long)]  # [n]
         self.c2w = torch.from_numpy(transforms.c2w).float()  # [n, 4, 4]

@@ -435,7 +435,7 @@ class AudioEvaluation:
     envelope_pearson: float  # mouth opening vs the audio's energy envelope (dB), same frames
     best_lag: int
     best_lag_pearson: float
-    reference_pearson: float  # the real footage's mouth vs its own audio, over all its frames
+    reference_pearson: float  # the real footage's mouth vs its own audio (each frame's sound as the model reads it)
     ratio: float  # envelope_pearson / reference_pearson; nan when the reference is below MIN_REFERENCE
     silent_frames: int
     silence_opening: Optional[float]  # mean mouth opening inside the audio's silences
@@ -485,7 +485,10 @@ def evaluate_audio(model, audio: Sequence[PathLike], batch_size: int = 16, asset
     wav = Path(data.path) / "aud.wav"
     reference, reference_silence, lag, lag_reference = float("nan"), None, None, float("nan")
     if wav.is_file():
-        envelope = audio_envelope(load_audio(wav), data.num_frames)
+        # Each frame's sound where the model reads it (a clip whose sound is off its picture: training measured the
+        # offset, and the footage is scored against its sound in step too, as the held-out frames are rendered).
+        rows = data.frame_audio_rows().numpy()
+        envelope = audio_envelope(load_audio(wav), int(rows.max()) + 1)[rows]
         own = audio_sync_scores(real, envelope)  # the footage, its own audio
         reference, reference_silence = own.envelope_pearson, own.silence_opening
         lag, lag_reference = best_lag(envelope, real, SUBJECT_MAX_LAG)
