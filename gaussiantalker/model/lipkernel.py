@@ -29,6 +29,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from ..lipsync import pearson
+
 __all__ = ["KernelLipPredictor", "choose_shift", "measure_audio_shift"]
 
 CENTRE_WINDOW = 4
@@ -175,12 +177,6 @@ class KernelLipPredictor(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
-def _pearson(a: Tensor, b: Tensor) -> float:
-    a, b = a - a.mean(), b - b.mean()
-    den = float((a.square().sum() * b.square().sum()).sqrt())
-    return float((a * b).sum()) / den if den > 0 else float("nan")
-
-
 @torch.no_grad()
 def measure_audio_shift(windows: Tensor, codes: Tensor, opening: Tensor, ridge: float = 0.3,
                         weights: Tensor | None = None, folds: int = 5, max_frames: int = 2000
@@ -231,7 +227,7 @@ def measure_audio_shift(windows: Tensor, codes: Tensor, opening: Tensor, ridge: 
             pred = KernelLipPredictor(windows.shape[-1], y.shape[1])
             pred.fit(x[keep], y[keep].float(), ridge, max_centres=max_frames, weights=weights)
             opening_part = torch.cat([pred(x[part]).double(), torch.ones(len(part), 1, dtype=y.dtype)], 1) @ readout
-            per_fold[shift].append(_pearson(opening_part[:, 0], target[part]))
+            per_fold[shift].append(pearson(opening_part[:, 0].numpy(), target[part].numpy()))
     return choose_shift(per_fold), {k: sum(v) / len(v) for k, v in per_fold.items()}
 
 
