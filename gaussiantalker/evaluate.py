@@ -172,9 +172,11 @@ def evaluate(model, iteration: Optional[int] = None, device="auto", workspace: O
     notes: List[str] = []
     shift = talker.model.clip_shift
     if shift:
-        notes.append(f"training measured this clip's sound {40 * abs(shift)} ms {'behind' if shift > 0 else 'ahead of'} "
-                     f"its picture: the held-out frames are rendered from their audio read {abs(shift)} frame(s) "
-                     f"{'later' if shift > 0 else 'earlier'}, as in training (a new audio is read as it is)")
+        from .model.lipkernel import describe_shift
+
+        notes.append(f"training measured this clip's sound {describe_shift(shift)} its picture: the held-out frames "
+                     f"are rendered from their audio read {abs(shift)} frame(s) {'later' if shift > 0 else 'earlier'}, "
+                     f"as in training (a new audio is read as it is)")
     tmp = Path(tempfile.mkdtemp(prefix="gt_eval_"))
     try:
         ours = _FrameStore(n, talker.height, talker.width, tmp, "ours")

@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from ..lipsync import pearson
 
-__all__ = ["KernelLipPredictor", "choose_shift", "measure_audio_shift"]
+__all__ = ["KernelLipPredictor", "choose_shift", "describe_shift", "measure_audio_shift"]
 
 CENTRE_WINDOW = 4
 """Index of the frame's own window in the 8-window audio context (see gaussiantalker.data.audio_context)."""
@@ -43,6 +43,8 @@ TEMPORAL_SIGMA = 3.0
 SHIFTS = tuple(range(-6, 7))
 """The shifts (frames) :func:`measure_audio_shift` tries: the sound 240 ms early to 240 ms late against the
 picture."""
+FRAME_MS = 40
+"""Milliseconds per frame of a dataset (25 fps): the unit of a shift."""
 ALIGN_MARGIN = 0.03
 """A shift other than 0 is taken only when it raises the cross-validated r (mean over the folds) by at least this
 much (on the clips measured, neighbouring shifts differ by less than 0.01 near the best one: noise, not an
@@ -229,6 +231,12 @@ def measure_audio_shift(windows: Tensor, codes: Tensor, opening: Tensor, ridge: 
             opening_part = torch.cat([pred(x[part]).double(), torch.ones(len(part), 1, dtype=y.dtype)], 1) @ readout
             per_fold[shift].append(pearson(opening_part[:, 0].numpy(), target[part].numpy()))
     return choose_shift(per_fold), {k: sum(v) / len(v) for k, v in per_fold.items()}
+
+
+def describe_shift(shift: int) -> str:
+    """``"80 ms behind"`` / ``"120 ms ahead of"``: how a clip's sound stands against its picture, for messages
+    (followed by "its picture")."""
+    return f"{FRAME_MS * abs(int(shift))} ms {'behind' if shift > 0 else 'ahead of'}"
 
 
 def choose_shift(per_fold: dict[int, list[float]]) -> int:
