@@ -141,4 +141,7 @@ def test_replace_validates():
         cfg.replace(batch_size=0)
     with pytest.raises(ConfigError, match="lip_code_predicted_share"):
         cfg.replace(lip_code_predicted_share=1.5)
+    for taper in (0.0, 1.5):
+        with pytest.raises(ConfigError, match="lip_kernel_taper"):
+            cfg.replace(lip_kernel_taper=taper)
 

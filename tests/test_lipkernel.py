@@ -89,6 +89,17 @@ def test_input_weights():
     assert float(row[0] / row[7]) == pytest.approx(float(torch.exp(torch.tensor(-0.25 * (t**2 - 0.25) / TEMPORAL_SIGMA**2))), rel=1e-5)
 
 
+def test_input_weights_taper_the_features():
+    plain = input_weights(26).reshape(16, 26)
+    w = input_weights(26, taper=0.3).reshape(16, 26)
+    # Row c of the window keeps its weight in time; feature c is weighed from 1 (c0) down to 0.3 (c25), linearly.
+    assert torch.allclose(w[:, 0], plain[:, 0]) and torch.allclose(w[:, -1], 0.3 * plain[:, 0])
+    ratio = w / plain
+    assert torch.allclose(ratio, ratio[:1].expand(16, 26))
+    steps = ratio[0].diff()
+    assert torch.all(steps < 0) and torch.allclose(steps, steps[:1].expand(25), atol=1e-6)
+
+
 def test_zero_weighted_inputs_are_ignored_and_weights_are_saved():
     audio, codes = _data(200, seed=2)
     weights = input_weights(D).reshape(16, D).clone()

@@ -144,6 +144,19 @@ def test_a_legacy_dataset_trains(tmp_path):
     assert list_iterations(model.path) == [1]
 
 
+def test_the_kernel_predictor_weighs_high_mfcc_cepstra_less(dataset, tmp_path):
+    # MFCC rows: c0 weighs 1, c25 lip_kernel_taper (relative to c0, every row alike); other features all alike.
+    legacy = make_synthetic_dataset(tmp_path / "data" / "old", num_frames=24, size=32, num_points=200, legacy=True)
+    cases = ((dataset, 0.3, tiny("cpu_small")), (dataset, 0.6, tiny("cpu_small", lip_kernel_taper=0.6)),
+             (legacy, 1.0, tiny("cpu_small")))
+    for data, taper, cfg in cases:
+        trainer = Trainer(TalkingHeadData.open(data), cfg, tmp_path / f"m{taper}", torch.device("cpu"), progress=False)
+        trainer.prepare()
+        predictor = trainer.model.lip_regression
+        w = predictor.feat_weight.reshape(-1, 16, predictor.audio_dim)
+        assert torch.allclose(w[..., -1], taper * w[..., 0]) and torch.all(w[..., 0] > 0)
+
+
 def test_training_again_resumes_and_extends(dataset, tmp_path):
     cfg = tiny(coarse_iterations=2, iterations=1, checkpoint_every=0)
     first = train(dataset, config=cfg, device="cpu", workspace=tmp_path, name="again", progress=False)

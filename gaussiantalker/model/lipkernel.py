@@ -11,8 +11,8 @@ standardised per input with the training statistics, then weighted by a Gaussian
 centre (:func:`input_weights`; std ``TEMPORAL_SIGMA`` rows of 20 ms in the squared distance): the mouth's shape now
 depends most on the sound now, and with every row weighing the same the window's edges, 160 ms away, weighed as
 much. Cross-validated (5 contiguous folds, the trainer's noise samples): German 20 s 0.46 -> 0.50, French 50 s
-0.55 -> 0.58. (Also dropping the MFCC cepstra past 16 raised both further, to 0.52 / 0.63, but made the French
-model's mouth stop following one of the other voices, RD_Radio31: envelope ratio 0.75x -> 0.04x; left out.)
+0.55 -> 0.58. MFCC rows' cepstra are weighted too, less the higher they are (``OptimizationParams.lip_kernel_taper``):
+German 0.52, French 0.62.
 Kernel: Gaussian RBF ``exp(-|a - b|^2 / S)`` on the weighted inputs, ``S = sum(w^2)`` (their mean squared norm;
 ``S = F``, the input count, unweighted). Fit: the Nystroem form of kernel ridge regression with at most
 ``max_centres`` centres (all training rows when there are fewer, which is then exact kernel ridge):
@@ -55,14 +55,17 @@ clip gained 0.05 on average with -2 frames but lost in 2 of its 5 folds (t 0.5),
 moved 80 ms later gained 0.17 in every fold (t 3.7)."""
 
 
-def input_weights(audio_dim: int, rows: int = 16) -> Tensor:
+def input_weights(audio_dim: int, rows: int = 16, taper: float = 1.0) -> Tensor:
     """Per-input weights of one audio window ``[rows * audio_dim]`` (row-major, as the window is flattened).
 
     The square of a weight multiplies its input's term in the kernel's squared distance: a row ``t`` rows from
-    the window's centre by ``exp(-0.5 (t / TEMPORAL_SIGMA)^2)``, every feature of the row alike."""
+    the window's centre by ``exp(-0.5 (t / TEMPORAL_SIGMA)^2)``; feature ``c`` of a row by ``1 - (1 - taper) c /
+    (audio_dim - 1)``, from 1 for the first feature to ``taper`` for the last (1: every feature alike; MFCC rows:
+    ``OptimizationParams.lip_kernel_taper``)."""
     t = torch.arange(rows, dtype=torch.float64) - (rows - 1) / 2
     row = torch.exp(-0.25 * (t / TEMPORAL_SIGMA) ** 2)
-    return row[:, None].expand(rows, audio_dim).reshape(-1).float()
+    feature = torch.linspace(1.0, float(taper), audio_dim, dtype=torch.float64)
+    return (row[:, None] * feature[None, :]).reshape(-1).float()
 
 
 class KernelLipPredictor(nn.Module):

@@ -350,7 +350,7 @@ lipkernel.measure_audio_shift`); the predictor is then fitted on each frame's au
         that a clip whose sound is a few frames off its picture still teaches a mouth in step with the sound, and a
         new audio drives the mouth in step. Saved with the model (``clip_shift``); renders of the clip's own audio
         read it shifted the same way (:meth:`_use_clip_shift`)."""
-        from ..model.lipkernel import SHIFTS, describe_shift, input_weights, measure_audio_shift
+        from ..model.lipkernel import SHIFTS, describe_shift, measure_audio_shift
 
         model, o = self.model, self.config.optimization
         shift = 0
@@ -359,7 +359,7 @@ lipkernel.measure_audio_shift`); the predictor is then fitted on each frame's au
             split = self.train_split
             start = time.perf_counter()
             shift, scores = measure_audio_shift(split.audio, split.lips[:, : model.lip_dim], self._train_openings(),
-                                                float(o.lip_kernel_ridge), input_weights(model.audio_dim))
+                                                float(o.lip_kernel_ridge), self._kernel_weights())
             if scores:
                 log.info("lip code: cross-validated r of the mouth read from the audio shifted by %+d .. %+d frames: "
                          "%s (%.1f s)", min(SHIFTS), max(SHIFTS),
@@ -370,6 +370,14 @@ lipkernel.measure_audio_shift`); the predictor is then fitted on each frame's au
                                 describe_shift(shift), shift, scores[shift], scores[0])
         model.lip_regression.clip_shift.fill_(shift)
         self._use_clip_shift()
+
+    def _kernel_weights(self) -> torch.Tensor:
+        """The kernel predictor's input weights: Gaussian in time, and for MFCC rows lower for the higher cepstra
+        (``lip_kernel_taper``)."""
+        from ..model.lipkernel import input_weights
+
+        taper = float(self.config.optimization.lip_kernel_taper) if self.data.audio_kind == "mfcc" else 1.0
+        return input_weights(self.model.audio_dim, taper=taper)
 
     def _use_clip_shift(self) -> None:
         """Read the clip's audio shifted by the model's ``clip_shift`` (a fresh run after measuring it, a resumed one
@@ -390,10 +398,10 @@ lipkernel.measure_audio_shift`); the predictor is then fitted on each frame's au
         ``cv`` their out-of-fold predictions ``[n, K]`` from 5 contiguous folds (each fold's noisy copies left out
         with it), ``None`` with fewer than 50 frames. Deterministic: a resumed run recomputes the same values."""
         from ..data import audio_context
-        from ..model.lipkernel import KernelLipPredictor, input_weights
+        from ..model.lipkernel import KernelLipPredictor
 
         model, o = self.model, self.config.optimization
-        weights = input_weights(model.audio_dim)
+        weights = self._kernel_weights()
         split, k = self.train_split, model.lip_dim
         n = len(split)
         x = audio_context(split.audio, torch.arange(n))
