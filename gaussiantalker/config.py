@@ -280,8 +280,8 @@ class OptimizationParams:
     kernel's distance, c0 (energy) weighing 1 and those between linearly in between (1 = all alike). The cepstra
     are standardised, so without it the high ones, which carry the spectrum's fine detail (pitch harmonics, noise)
     more than the vocal tract's shape, weigh as much as the low ones: cross-validated r German 0.50 -> 0.52,
-    French 0.58 -> 0.62, LatentSync 0.20 -> 0.33, video-retalking 1 0.33 -> 0.34, other voices as before
-    (docs/quality.md)."""
+    French 0.58 -> 0.62, LatentSync 0.20 -> 0.33, video-retalking 1 0.33 -> 0.34, and the mouth follows other
+    voices' energy better (docs/quality.md)."""
     lip_kernel_align: bool = True
     """Ours (kernel lip predictor): before the fit, measure how many frames (-6 .. +6) the clip's sound is off its
     picture, by cross-validation on the training frames, and fit the predictor on the audio read that much later or

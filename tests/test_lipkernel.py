@@ -92,7 +92,7 @@ def test_input_weights():
 def test_input_weights_taper_the_features():
     plain = input_weights(26).reshape(16, 26)
     w = input_weights(26, taper=0.3).reshape(16, 26)
-    # Row c of the window keeps its weight in time; feature c is weighed from 1 (c0) down to 0.3 (c25), linearly.
+    # Each row keeps its weight in time; feature c is weighed from 1 (c0) down to 0.3 (c25), linearly.
     assert torch.allclose(w[:, 0], plain[:, 0]) and torch.allclose(w[:, -1], 0.3 * plain[:, 0])
     ratio = w / plain
     assert torch.allclose(ratio, ratio[:1].expand(16, 26))
