@@ -350,7 +350,7 @@ lipkernel.measure_audio_shift`); the predictor is then fitted on each frame's au
         that a clip whose sound is a few frames off its picture still teaches a mouth in step with the sound, and a
         new audio drives the mouth in step. Saved with the model (``clip_shift``); renders of the clip's own audio
         read it shifted the same way (:meth:`_use_clip_shift`)."""
-        from ..model.lipkernel import SHIFTS, describe_shift, measure_audio_shift
+        from ..model.lipkernel import FRAME_MS, SHIFTS, describe_shift, measure_audio_shift
 
         model, o = self.model, self.config.optimization
         shift = 0
@@ -365,9 +365,9 @@ lipkernel.measure_audio_shift`); the predictor is then fitted on each frame's au
                          "%s (%.1f s)", min(SHIFTS), max(SHIFTS),
                          ", ".join(f"{s:+d}: {r:.3f}" for s, r in scores.items()), time.perf_counter() - start)
                 if shift:
-                    log.warning("lip code: this clip's sound seems %s its picture (frames of 40 ms); the audio "
+                    log.warning("lip code: this clip's sound seems %s its picture (frames of %d ms); the audio "
                                 "predictor learns from it shifted by %+d frames (r %.3f against %.3f unshifted)",
-                                describe_shift(shift), shift, scores[shift], scores[0])
+                                describe_shift(shift), FRAME_MS, shift, scores[shift], scores[0])
         model.lip_regression.clip_shift.fill_(shift)
         self._use_clip_shift()
 
