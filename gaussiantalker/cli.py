@@ -397,6 +397,10 @@ def _cmd_evaluate(args) -> int:
             ("head alpha, interior", result.head_alpha_interior), ("face psnr", result.face_psnr),
             ("face psnr (mean frame)", result.face_psnr_mean_frame), ("psnr", result.psnr), ("ssim", result.ssim),
             ("lpips", result.lpips)]
+    parts = getattr(result, "mouth_parts", None) or {}
+    if parts:  # a lip-code model: the renderer alone and the audio predictor alone (see the note)
+        rows[2:2] = [("mouth r from the tracked lip codes", parts.get("tracked_codes_pearson")),
+                     ("mouth r read out of the predicted codes", parts.get("predicted_readout_pearson"))]
     for key, value in rows:
         print(f"{key}: {value:.4f}" if isinstance(value, (int, float)) else f"{key}: not measured")
     for note in getattr(result, "notes", None) or ():

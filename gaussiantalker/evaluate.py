@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from .fileio import atomic_write
-from .lipsync import lip_sync_scores, mouth_opening
+from .lipsync import lip_sync_scores, mouth_opening, pearson
 from .report import mouth_strip, read_training_curves, write_report
 
 log = logging.getLogger(__name__)
@@ -60,6 +60,9 @@ class EvaluationResult:
     lmd_frames: int  # frames LMD was averaged over
     lmd_backend: str
     mouth: Dict[str, float] = field(default_factory=dict)  # lipsync.LipSyncScores: pearson, amplitude_ratio, ...
+    # Lip-code models: which half limits lip sync (see _mouth_parts): the mouth rendered from the frames' tracked
+    # codes (the renderer alone) and the opening read out of the predicted codes (the audio predictor alone).
+    mouth_parts: Dict[str, Union[float, str, None]] = field(default_factory=dict)
     head_alpha: Optional[float] = None  # mean rendered alpha inside the real head mask (1 = solid)
     # The same inside the mask eroded by INTERIOR_MARGIN of the frame: a see-through head lowers both, soft or
     # misaligned head edges (a head rendered smaller and upsampled) only the first.
@@ -181,17 +184,19 @@ def evaluate(model, iteration: Optional[int] = None, device="auto", workspace: O
     try:
         ours = _FrameStore(n, talker.height, talker.width, tmp, "ours")
         real = _FrameStore(n, talker.height, talker.width, tmp, "real")
+        tracked = _FrameStore(n, talker.height, talker.width, tmp, "tracked") if talker.model.lip_dim else None
         base = _mean_training_frame(talker)
-        per = _render_and_score(talker, split, ours, real, base, batch_size, assets, progress)
+        per = _render_and_score(talker, split, ours, real, base, batch_size, assets, progress, tracked)
         if per["lpips"] is None:
             notes.append("LPIPS not computed: its weights are not in the asset folder (see `gaussiantalker assets`)")
         backend = _lmd_backend(talker.data.meta, notes)
         lm_ours, lm_real = _landmarks(ours, real, backend, assets, notes)
         side = _side_by_side(ours, real, lm_real)
+        op_ours, op_real = mouth_opening(lm_ours), mouth_opening(lm_real)
+        parts = _mouth_parts(talker, split, per, tracked, op_real, backend, assets, notes) if tracked else {}
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     lmd = _lmd(lm_ours, lm_real)
-    op_ours, op_real = mouth_opening(lm_ours), mouth_opening(lm_real)
     scores = lip_sync_scores(op_ours, op_real)
     still = _still_mouth_note(op_real, talker.data.mouth_opening[torch.tensor(talker.data.train_ids)].numpy())
     if still:
@@ -201,6 +206,8 @@ def evaluate(model, iteration: Optional[int] = None, device="auto", workspace: O
                  "head_alpha": per["head_alpha"], "head_alpha_interior": per["head_alpha_interior"],
                  "lmd": _nan_list(lmd), "opening_ours": _nan_list(op_ours),
                  "opening_real": _nan_list(op_real)}
+    if "opening_tracked_codes" in per:
+        per_frame["opening_tracked_codes"] = _nan_list(per["opening_tracked_codes"])
     if per["lpips"] is not None:
         per_frame["lpips"] = per["lpips"]
     result = EvaluationResult(
@@ -208,7 +215,7 @@ def evaluate(model, iteration: Optional[int] = None, device="auto", workspace: O
         psnr=float(np.mean(per["psnr"])), ssim=float(np.mean(per["ssim"])),
         lpips=float(np.mean(per["lpips"])) if per["lpips"] is not None else None,
         lmd=float(valid.mean()) if valid.size else None, lmd_frames=int(valid.size), lmd_backend=backend,
-        mouth=scores.as_dict(), head_alpha=_nanmean(per["head_alpha"]),
+        mouth=scores.as_dict(), mouth_parts=parts, head_alpha=_nanmean(per["head_alpha"]),
         head_alpha_interior=_nanmean(per["head_alpha_interior"]), face_psnr=_nanmean(per["face_psnr"]),
         face_psnr_mean_frame=_nanmean(per["face_psnr_base"]), psnr_mean_frame=_nanmean(per["psnr_base"]),
         per_frame=per_frame, notes=notes,
@@ -224,6 +231,67 @@ def evaluate(model, iteration: Optional[int] = None, device="auto", workspace: O
              scores.amplitude_ratio, "-" if result.lmd is None else f"{result.lmd:.2f} px", result.head_alpha,
              result.face_psnr, result.face_psnr_mean_frame, result.psnr, result.ssim)
     return result
+
+
+#: ``limit`` in :func:`_mouth_parts`: one half is named the limit when its r is under the other's by more than this
+#: (each figure has a few hundredths of noise on a short held-out split); else both.
+PARTS_MARGIN = 0.1
+
+
+def _mouth_parts(talker, split, per: dict, tracked: _FrameStore, op_real: np.ndarray, backend: str, assets,
+                 notes: List[str]) -> Dict[str, Union[float, str, None]]:
+    """Which half of a lip-code model limits its lip sync on the held-out frames.
+
+    ``tracked_codes_pearson`` / ``tracked_codes_amplitude``: the mouth rendered from the frames' *tracked* lip
+    codes against the real one (the renderer alone: how faithfully it draws a mouth it is told); and
+    ``predicted_readout_pearson``: the mouth opening read linearly out of the codes the audio predicts (least squares
+    of the training frames' opening on their tracked codes) against the tracked opening (the audio predictor
+    alone, no rendering); ``tracked_readout_pearson``: the same read-out of the tracked codes (how much of the
+    opening the code holds). ``limit``: ``"renderer"``, ``"audio predictor"`` (the weaker half, by more than
+    :data:`PARTS_MARGIN`) or ``"both"``. Also ``per["opening_tracked_codes"]``, the per-frame opening of that render."""
+    from .preprocess.landmark_backends import BackendUnavailableError, detect
+
+    k = talker.model.lip_dim
+    train = talker.full.split("train")
+    opening = talker.data.mouth_opening.numpy().astype(np.float64)
+    op_train, op_val = opening[train.img_ids], opening[split.img_ids]
+    ok = np.isfinite(op_train)
+    design = np.c_[train.lips[:, :k].numpy().astype(np.float64), np.ones(len(op_train))]
+    weights = np.linalg.lstsq(design[ok], op_train[ok], rcond=None)[0]
+
+    def read_out(codes: List[torch.Tensor]) -> float:
+        c = torch.cat(codes).numpy().astype(np.float64)
+        return pearson(np.c_[c, np.ones(len(c))] @ weights, op_val)
+
+    parts: Dict[str, Union[float, str, None]] = {
+        "predicted_readout_pearson": read_out(per["codes_predicted"]),
+        "tracked_readout_pearson": read_out(per["codes_tracked"]),
+        "tracked_codes_pearson": None, "tracked_codes_amplitude": None, "limit": None}
+    if not np.isfinite(op_real).any():
+        return parts  # no landmarks on the real frames (the note says why): nothing to compare a render with
+    try:
+        det = detect(iter(tracked), backend=backend, assets=assets)
+    except BackendUnavailableError as exc:
+        notes.append(f"the mouth from the tracked lip codes not measured: {exc}")
+        return parts
+    points = det.points68.astype(np.float64)
+    points[~det.found] = np.nan
+    per["opening_tracked_codes"] = mouth_opening(points)
+    scores = lip_sync_scores(per["opening_tracked_codes"], op_real)
+    parts["tracked_codes_pearson"], parts["tracked_codes_amplitude"] = scores.pearson, scores.amplitude_ratio
+    rendered, predicted = scores.pearson, float(parts["predicted_readout_pearson"])
+    if np.isfinite(rendered) and np.isfinite(predicted):
+        limit = ("renderer" if rendered + PARTS_MARGIN < predicted else
+                 "audio predictor" if predicted + PARTS_MARGIN < rendered else "both")
+        parts["limit"] = limit
+        why = {"renderer": "the renderer limits lip sync here (its mouth is softer or smaller than the real one)",
+               "audio predictor": "the audio predictor limits lip sync here (a longer clip, with more varied "
+                                  "speech, teaches it more sounds)",
+               "both": "both halves limit lip sync about equally here"}[limit]
+        notes.append(f"where the mouth error is: rendered from the frames' tracked lip codes, the mouth follows the "
+                     f"real one with r {rendered:.2f} (the renderer alone); read out of the codes the audio predicts, "
+                     f"the opening follows it with r {predicted:.2f} (the audio predictor alone): {why}")
+    return parts
 
 
 def _nan_list(a) -> List[Optional[float]]:
@@ -256,7 +324,10 @@ def _face_box(lms: np.ndarray, height: int, width: int) -> tuple:
 
 
 def _render_and_score(talker, split, ours: _FrameStore, real: _FrameStore, base: torch.Tensor, batch_size: int,
-                      assets, progress: bool) -> dict:
+                      assets, progress: bool, tracked: Optional[_FrameStore] = None) -> dict:
+    """Render the split as a user gets it into ``ours`` (its targets into ``real``) and score each frame; with
+    ``tracked`` (lip-code models) also render it from the frames' tracked lip codes there, and keep the codes
+    (``per["codes_predicted"]``, ``per["codes_tracked"]``, ``[n, K]``)."""
     from tqdm.auto import tqdm
 
     from .data import _read_lms, collate
@@ -265,15 +336,28 @@ def _render_and_score(talker, split, ours: _FrameStore, real: _FrameStore, base:
     from .render.video import to_uint8
 
     per: Dict[str, Optional[list]] = {"psnr": [], "ssim": [], "lpips": [], "face_psnr": [], "head_alpha": [],
-                                      "head_alpha_interior": [], "face_psnr_base": [], "psnr_base": []}
+                                      "head_alpha_interior": [], "face_psnr_base": [], "psnr_base": [],
+                                      "codes_predicted": [], "codes_tracked": []}
+    k = talker.model.lip_dim
 
     def one(a: int, b: int):
         batch = collate([split[k] for k in range(a, b)])
         comp = talker.compose(batch.audio, batch.eye[:, 0], batch.c2w, batch.bg_torso)
-        return comp.image.clamp(0, 1).cpu(), comp.alpha.cpu(), batch
+        extra = None
+        if tracked is not None:
+            codes = batch.lips[:, :k]
+            with torch.no_grad():
+                predicted = talker.model.lip_code(batch.audio.to(talker.device)).cpu()
+            from_codes = talker.compose(batch.audio, batch.eye[:, 0], batch.c2w, batch.bg_torso, lips=codes)
+            extra = (to_uint8(from_codes.image.clamp(0, 1).cpu()), predicted, codes)
+        return comp.image.clamp(0, 1).cpu(), comp.alpha.cpu(), batch, extra
 
     bar = tqdm(total=len(split), unit="frame", desc="evaluate", disable=not progress)
-    for a, b, (image, alpha, batch) in run_batches(one, len(split), batch_size):
+    for a, b, (image, alpha, batch, extra) in run_batches(one, len(split), batch_size):
+        if extra is not None:
+            tracked.array[a:b] = extra[0]
+            per["codes_predicted"].append(extra[1])
+            per["codes_tracked"].append(extra[2])
         target, mask = batch.target, batch.head_mask
         per["psnr"] += psnr(image, target).tolist()
         per["psnr_base"] += psnr(base.expand_as(target), target).tolist()

@@ -198,6 +198,17 @@ def _row(name: str, value: str) -> str:
     return f"<tr><th>{_esc(name)}</th><td>{value}</td></tr>"
 
 
+def _parts_rows(parts: dict) -> List[str]:
+    """Rows of the lip-sync table for a lip-code model's two halves (``EvaluationResult.mouth_parts``)."""
+    if not parts:
+        return []
+    return [_row("mouth rendered from the frames' tracked lip codes: r / amplitude (the renderer alone)",
+                 f"{_fmt(parts.get('tracked_codes_pearson'), 3)} / {_fmt(parts.get('tracked_codes_amplitude'), 3)}"),
+            _row("opening read out of the predicted lip codes: r (the audio predictor alone)",
+                 _fmt(parts.get("predicted_readout_pearson"), 3)),
+            _row("the half that limits lip sync", _esc(parts["limit"]) if parts.get("limit") else "&ndash;")]
+
+
 def write_report(folder: Path, result, talker, side: List[tuple]) -> Path:
     """Write ``report.html`` into ``folder`` (atomically); returns its path. ``result``: an
     :class:`~gaussiantalker.evaluate.EvaluationResult`; ``side``: ``(index, image)`` frames to show."""
@@ -215,6 +226,7 @@ def write_report(folder: Path, result, talker, side: List[tuple]) -> Path:
              _row("mouth opening: amplitude (std rendered / std real)", _fmt(m.get("amplitude_ratio"), 3)),
              _row("best lag (frames) and its r", f"{m.get('best_lag', '&ndash;')} / {_fmt(m.get('best_lag_pearson'), 3)}"),
              _row(f"LMD (mouth, {result.lmd_backend})", f"{_fmt(result.lmd, 2, ' px')} over {result.lmd_frames} frames"),
+             *_parts_rows(result.mouth_parts or {}),
              "</table><h2>Image</h2><table>",
              _row("head alpha inside the head mask (1 = solid)", _fmt(result.head_alpha, 4)),
              _row("head alpha inside the mask without its edge (1.5 % of the frame: a see-through head lowers "
@@ -230,7 +242,10 @@ def write_report(folder: Path, result, talker, side: List[tuple]) -> Path:
     op_r, op_o = result.per_frame.get("opening_real"), result.per_frame.get("opening_ours")
     if op_r is not None and op_o is not None:
         parts.append("<h2>Mouth opening over time</h2><div class=\"plots\">")
-        parts.append(svg_line_plot({"real": list(enumerate(op_r)), "rendered": list(enumerate(op_o))},
+        series = {"real": list(enumerate(op_r)), "rendered": list(enumerate(op_o))}
+        if result.per_frame.get("opening_tracked_codes") is not None:
+            series["rendered from the tracked lip codes"] = list(enumerate(result.per_frame["opening_tracked_codes"]))
+        parts.append(svg_line_plot(series,
                                    "inner-lip gap / face height", width=960, height=260, xlabel="held-out frame"))
         parts.append("</div>")
     parts.append("<h2>Frames: ground truth | ours (mouths enlarged below)</h2><div class=\"frames\">")

@@ -37,15 +37,25 @@ def test_evaluate_writes_metrics_and_report(model_dir, tmp_path):
     # Synthetic faces are not faces to MediaPipe: LMD is absent, and the report says why.
     assert result.lmd is None and result.lmd_frames == 0
     assert any("LMD not computed" in note for note in result.notes)
+    # The lip-code model's halves: the predictor's codes read out against the tracked opening (no detector
+    # needed: a number even here), the tracked codes' own read-out (the code holds the synthetic mouth's
+    # opening), and no render-side figure without faces to detect.
+    parts = result.mouth_parts
+    assert set(parts) == {"predicted_readout_pearson", "tracked_readout_pearson", "tracked_codes_pearson",
+                          "tracked_codes_amplitude", "limit"}
+    assert -1.0 <= parts["predicted_readout_pearson"] <= 1.0 and parts["tracked_readout_pearson"] > 0.9
+    assert parts["tracked_codes_pearson"] is None and parts["limit"] is None
     merged = json.loads(result.metrics_path.read_text())
     assert {k: merged[k] for k in before} == before  # what training wrote is kept
     ev = merged["evaluation"]
     assert ev["frames"] == n and ev["psnr"] == pytest.approx(result.psnr, abs=1e-5) and ev["lmd"] is None
+    assert ev["mouth_parts"]["tracked_readout_pearson"] == pytest.approx(parts["tracked_readout_pearson"])
     html = (tmp_path / "report.html").read_text()
     assert result.report_path == tmp_path / "report.html"
     assert "data:image/jpeg;base64," in html and "<svg" in html and "config.json" in html
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", html)  # nothing loaded from elsewhere
     assert "<script" not in html
+    assert "the audio predictor alone" in html and "the renderer alone" in html
     again = evaluate(model_dir, device="cpu", progress=False)  # default: the report beside the model
     assert again.report_path == model_dir / "report.html" and again.psnr == result.psnr
 
