@@ -338,14 +338,14 @@ def _render_and_score(talker, split, ours: _FrameStore, real: _FrameStore, base:
     per: Dict[str, Optional[list]] = {"psnr": [], "ssim": [], "lpips": [], "face_psnr": [], "head_alpha": [],
                                       "head_alpha_interior": [], "face_psnr_base": [], "psnr_base": [],
                                       "codes_predicted": [], "codes_tracked": []}
-    k = talker.model.lip_dim
+    lip_dim = talker.model.lip_dim
 
     def one(a: int, b: int):
         batch = collate([split[k] for k in range(a, b)])
         comp = talker.compose(batch.audio, batch.eye[:, 0], batch.c2w, batch.bg_torso)
         extra = None
         if tracked is not None:
-            codes = batch.lips[:, :k]
+            codes = batch.lips[:, :lip_dim]
             with torch.no_grad():
                 predicted = talker.model.lip_code(batch.audio.to(talker.device)).cpu()
             from_codes = talker.compose(batch.audio, batch.eye[:, 0], batch.c2w, batch.bg_torso, lips=codes)
