@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from .fileio import atomic_write
-from .lipsync import lip_sync_scores, mouth_opening, pearson
+from .lipsync import lip_sync_scores, mouth_opening, opening_readout, pearson
 from .report import mouth_strip, read_training_curves, write_report
 
 log = logging.getLogger(__name__)
@@ -255,13 +255,10 @@ def _mouth_parts(talker, split, per: dict, tracked: _FrameStore, op_real: np.nda
     train = talker.full.split("train")
     opening = talker.data.mouth_opening.numpy().astype(np.float64)
     op_train, op_val = opening[train.img_ids], opening[split.img_ids]
-    ok = np.isfinite(op_train)
-    design = np.c_[train.lips[:, :k].numpy().astype(np.float64), np.ones(len(op_train))]
-    weights = np.linalg.lstsq(design[ok], op_train[ok], rcond=None)[0]
+    readout = opening_readout(train.lips[:, :k].numpy(), op_train)
 
     def read_out(codes: List[torch.Tensor]) -> float:
-        c = torch.cat(codes).numpy().astype(np.float64)
-        return pearson(np.c_[c, np.ones(len(c))] @ weights, op_val)
+        return pearson(readout(torch.cat(codes).numpy()), op_val)
 
     parts: Dict[str, Union[float, str, None]] = {
         "predicted_readout_pearson": read_out(per["codes_predicted"]),

@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 
 __all__ = [
     "AudioSyncScores", "LipCode", "LipSyncScores", "audio_envelope", "audio_sync_scores", "best_lag", "lagged_pearson",
-    "closed_gap", "lip_shape", "lip_sync_scores", "mouth_opening", "pearson", "silent_frames",
+    "closed_gap", "lip_shape", "lip_sync_scores", "mouth_opening", "opening_readout", "pearson", "silent_frames",
 ]
 
 #: Inner-lip point pairs of the iBUG layout (upper, lower): 61-67, 62-66, 63-65.
@@ -57,6 +57,21 @@ def mouth_opening(lms: np.ndarray) -> np.ndarray:
     height = np.linalg.norm(p[:, 27] - p[:, 8], axis=-1)
     with np.errstate(invalid="ignore", divide="ignore"):
         return gap / height
+
+
+def opening_readout(codes: np.ndarray, opening: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+    """The mouth opening read linearly out of lip codes: the least-squares fit of ``opening [N]`` on ``codes
+    [N, K]`` and a constant, over the rows where both are finite. Returns ``codes [M, K] -> opening [M]`` (float64).
+    Scores an audio predictor without rendering: its predicted codes read out against the tracked opening."""
+    y, target = np.asarray(codes, np.float64), np.asarray(opening, np.float64)
+    ok = np.isfinite(target) & np.isfinite(y).all(1)
+    weights = np.linalg.lstsq(np.c_[y[ok], np.ones(int(ok.sum()))], target[ok], rcond=None)[0]
+
+    def read(c: np.ndarray) -> np.ndarray:
+        c = np.asarray(c, np.float64)
+        return np.c_[c, np.ones(len(c))] @ weights
+
+    return read
 
 
 def pearson(a: np.ndarray, b: np.ndarray) -> float:

@@ -97,3 +97,13 @@ def test_lip_shape_removes_head_motion_and_the_code_tracks_the_opening():
     assert ls.pearson(z[:, 0], openings) > 0.99  # the dominant component is the opening, signed with it
     assert code.explained[0] > 0.9
 
+
+
+def test_opening_readout_fits_a_linear_map_and_skips_missing_rows():
+    rng = np.random.default_rng(0)
+    codes = rng.standard_normal((50, 3))
+    opening = codes @ np.array([0.02, -0.01, 0.005]) + 0.03
+    codes[4, 1], opening[7] = np.nan, np.nan  # untracked frames: left out of the fit
+    read = ls.opening_readout(codes, opening)
+    new = rng.standard_normal((5, 3))
+    assert np.allclose(read(new), new @ np.array([0.02, -0.01, 0.005]) + 0.03)

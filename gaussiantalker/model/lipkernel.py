@@ -29,7 +29,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ..lipsync import pearson
+from ..lipsync import opening_readout, pearson
 
 __all__ = ["KernelLipPredictor", "choose_shift", "describe_shift", "measure_audio_shift"]
 
@@ -217,8 +217,7 @@ def measure_audio_shift(windows: Tensor, codes: Tensor, opening: Tensor, ridge: 
     if idx.numel() < 10 * folds:
         return 0, {}
     y, target = codes[idx].double(), opening[idx].double()
-    design = torch.cat([y, torch.ones(len(y), 1, dtype=y.dtype)], 1)
-    readout = torch.linalg.lstsq(design, target[:, None]).solution  # [K + 1, 1]
+    readout = opening_readout(y.numpy(), target.numpy())
     parts = torch.arange(len(idx)).tensor_split(folds)
     per_fold: dict[int, list[float]] = {}
     for shift in SHIFTS:
@@ -231,8 +230,7 @@ def measure_audio_shift(windows: Tensor, codes: Tensor, opening: Tensor, ridge: 
             keep[part] = False
             pred = KernelLipPredictor(windows.shape[-1], y.shape[1])
             pred.fit(x[keep], y[keep].float(), ridge, max_centres=max_frames, weights=weights)
-            opening_part = torch.cat([pred(x[part]).double(), torch.ones(len(part), 1, dtype=y.dtype)], 1) @ readout
-            per_fold[shift].append(pearson(opening_part[:, 0].numpy(), target[part].numpy()))
+            per_fold[shift].append(pearson(readout(pred(x[part]).numpy()), target[part].numpy()))
     return choose_shift(per_fold), {k: sum(v) / len(v) for k, v in per_fold.items()}
 
 
