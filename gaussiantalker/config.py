@@ -171,6 +171,15 @@ class ModelHiddenParams:
     audio window and the next frame's, fitted in closed form before training (gaussiantalker.model.lipkernel);
     ``"network"``: the original's audio encoder with a linear head, trained by AdamW beside the renderer (the
     first lip-code models; it overfits the few hundred frames of a short clip)."""
+    lip_blendshapes: bool = False
+    """Ours (lip-code models): in the fine stage each Gaussian around the mouth also gets a learnt linear response to
+    the lip code: its position, base colour and opacity (logit) move by ``code @ basis``, one ``[K, 3]``, ``[K, 3]`` and
+    ``[K, 1]`` basis per Gaussian, starting at zero, beside the attention's offsets. The attention gives every Gaussian
+    the code through one shared token, and learnt the mouth's extremes poorly (a half-open mouth with a pale band for
+    teeth); a basis per Gaussian lets the lips part and the teeth show. "Around the mouth": the Gaussians on the front
+    of the head that project into the frames' lip crops (grown by a quarter) in at least half of 32 training frames
+    (:func:`gaussiantalker.train.trainer.mouth_region`); bases everywhere fitted the whole head to the code
+    (docs/quality.md)."""
 
 
 @dataclass
@@ -514,6 +523,8 @@ def validate(cfg: TrainConfig, origin: str = "<config>") -> None:
         bad("ModelHiddenParams.drop_prob", f"must be in [0, 1), got {h.drop_prob}")
     if not 0 <= h.lip_code_dim <= 8:
         bad("ModelHiddenParams.lip_code_dim", f"must be 0..8, got {h.lip_code_dim}")
+    if h.lip_blendshapes and not h.lip_code_dim:
+        bad("ModelHiddenParams.lip_blendshapes", "needs a lip code (lip_code_dim > 0)")
     if h.lip_predictor not in ("kernel", "network"):
         bad("ModelHiddenParams.lip_predictor", f"must be 'kernel' or 'network', got {h.lip_predictor!r}")
     if o.open_mouth_repeat < 1:

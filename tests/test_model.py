@@ -261,3 +261,99 @@ def test_inference_blocks_equal_the_batched_training_form(n_layer, sh_degree, no
     with torch.no_grad():  # one frame alone gives exactly that frame of the batch
         single = model.deform("fine", Conditions(cond.audio[2:3], cond.eye[2:3], cond.cam[2:3]))
     assert torch.equal(single.means[0], blocks.means[2]) and torch.equal(single.shs[0], blocks.shs[2])
+
+
+# ---------------------------------------------------------------------------------------------- lip blendshapes
+
+
+def lip_conditions(b, k=4, seed=2):
+    cond = conditions(b, seed=seed)
+    codes = torch.randn(b, k, generator=torch.Generator().manual_seed(seed + 10)).clamp(-3, 3)
+    return Conditions(cond.audio, cond.eye, cond.cam, codes)
+
+
+def _random_bases(model, seed=4):
+    from gaussiantalker.model.talker import LIP_BASES
+
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name in LIP_BASES:
+            getattr(model, name).copy_(0.01 * torch.randn(getattr(model, name).shape, generator=g))
+
+
+def test_lip_blendshapes_start_at_zero_then_move_each_gaussian_linearly_with_the_code():
+    plain = make_model(lip_code_dim=4)
+    blend = make_model(lip_code_dim=4, lip_blendshapes=True)
+    for m in (plain, blend):
+        coarse_step(m)  # the same steps: the bases take no part in the coarse stage
+        m.start_fine()
+        _perturb_heads(m)
+        m.eval()
+    assert blend.lip_basis_xyz.shape == (blend.num_points, 4, 3) and not blend.lip_basis_xyz.any()
+    cond = lip_conditions(3)
+    with torch.enable_grad():
+        a, b = plain.deform("fine", cond), blend.deform("fine", cond)
+    for name in ("means", "scales", "rotations", "opacities", "shs"):  # zero bases: the model without them
+        assert torch.allclose(getattr(a, name), getattr(b, name), atol=1e-6), name
+    _random_bases(blend)
+    with torch.enable_grad():
+        c = blend.deform("fine", cond)
+    code = cond.lips
+    assert torch.allclose(c.means - b.means, torch.einsum("bk,nkc->bnc", code, blend.lip_basis_xyz), atol=1e-6)
+    assert torch.allclose(c.shs[:, :, 0] - b.shs[:, :, 0], torch.einsum("bk,nkc->bnc", code, blend.lip_basis_dc),
+                          atol=1e-6)
+    assert torch.allclose(c.shs[:, :, 1:], b.shs[:, :, 1:]) and torch.allclose(c.scales, b.scales)
+    logit = torch.logit(b.opacities.clamp(1e-6, 1 - 1e-6)) + torch.einsum("bk,nkc->bnc", code, blend.lip_basis_opacity)
+    assert torch.allclose(c.opacities, torch.sigmoid(logit), atol=1e-5)
+    # the bases are trained: the loss reaches them
+    blend.train()
+    (blend.deform("fine", cond).means.square().sum()).backward()
+    assert blend.lip_basis_xyz.grad is not None and blend.lip_basis_xyz.grad.abs().sum() > 0
+    assert {"lip_basis_xyz", "lip_basis_dc", "lip_basis_opacity"} <= set(blend.parameter_groups("fine"))
+    assert "lip_basis_xyz" not in blend.parameter_groups("coarse")
+
+
+def test_lip_blendshapes_inference_blocks_equal_the_batched_form_and_survive_save_and_load(tmp_path):
+    model = make_model(lip_code_dim=4, lip_blendshapes=True)
+    coarse_step(model)
+    model.start_fine()
+    _perturb_heads(model)
+    _random_bases(model)
+    model.eval()
+    model.BLOCK = 70
+    cond = lip_conditions(4)
+    with torch.no_grad():
+        blocks = model.deform("fine", cond)
+    with torch.enable_grad():
+        batched = model.deform("fine", cond)
+    for name in ("means", "opacities", "shs"):
+        assert torch.allclose(getattr(blocks, name), getattr(batched, name).detach(), atol=1e-5), name
+    cfg = tiny_config(lip_code_dim=4, lip_blendshapes=True)
+    save_model_info(tmp_path, cfg, ModelInfo("mfcc", 26, str(tmp_path / "data"), SIZE, SIZE, 70.0))
+    save_iteration(tmp_path, 3, model)
+    loaded = load_model(tmp_path).model
+    assert torch.equal(loaded.lip_basis_opacity, model.lip_basis_opacity)
+    with torch.no_grad():
+        again = loaded.deform("fine", cond)
+    assert torch.allclose(again.means, blocks.means, atol=1e-6)
+
+
+def test_lip_blendshapes_need_a_lip_code():
+    from gaussiantalker.config import ConfigError
+
+    with pytest.raises(ConfigError, match="lip_blendshapes needs a lip code"):
+        tiny_config(lip_blendshapes=True)
+
+
+def test_lip_blendshapes_hold_the_code_inside_the_tracked_range():
+    model = make_model(lip_code_dim=4, lip_blendshapes=True)
+    model.start_fine()
+    _random_bases(model)
+    model.eval()
+    with torch.no_grad():
+        model.lip_low.fill_(-1.0)
+        model.lip_high.fill_(1.0)
+        wide = torch.tensor([[5.0, -5.0, 0.5, 0.0]])
+        held = model.blend_offsets(wide)["xyz"]
+        assert torch.allclose(held, model.blend_offsets(torch.tensor([[1.0, -1.0, 0.5, 0.0]]))["xyz"])
+        assert not torch.allclose(held, torch.einsum("bk,nkc->bnc", wide, model.lip_basis_xyz))

@@ -349,6 +349,42 @@ def test_resume_with_predicted_codes_equals_an_uninterrupted_run(dataset60, tmp_
         _states_equal(a[key], b[key], key)
 
 
+def test_lip_blendshapes_follow_densification_and_resume_exactly(dataset60, tmp_path):
+    # The bases are per-Gaussian: created at the fine stage's start for the Gaussians the coarse stage left, edited
+    # with them when the fine stage densifies and prunes, trained, and restored by a resumed run.
+    cfg = tiny("cpu_small", coarse_iterations=4, iterations=10, checkpoint_every=7, batch_size=2, resolution=-1,
+               lip_blendshapes=True, split_gs_in_fine_stage=True, densify_from_iter=1, densification_interval=2,
+               pruning_from_iter=1, pruning_interval=2, densify_until_iter=9, densify_grad_threshold_coarse=1e-8,
+               densify_grad_threshold_fine_init=1e-8, opacity_threshold_coarse=0.3, opacity_threshold_fine_init=0.2,
+               percent_dense=0.05)
+    data = TalkingHeadData.open(dataset60)
+    straight = Trainer(data, cfg, tmp_path / "straight", torch.device("cpu"), progress=False)
+    counts = set()
+    for step in range(5, 15):
+        straight.run(stop_at=step)
+        _check_optimizer_matches(straight)
+        model = straight.model
+        assert model.lip_basis_xyz.shape[0] == model.num_points == model.lip_basis_opacity.shape[0]
+        counts.add(model.num_points)
+    assert len(counts) > 1  # the fine stage changed the point count
+    mask = straight.model.lip_mask[:, 0]
+    assert 0 < int(mask.sum()) < mask.numel()  # the bases act at the mouth only
+    outside = mask == 0
+    assert not straight.model.lip_basis_xyz[outside].any() and not straight.model.lip_basis_opacity[outside].any()
+    assert straight.model.lip_basis_xyz.abs().sum() > 0 and straight.model.lip_basis_dc.abs().sum() > 0
+    first = Trainer(data, cfg, tmp_path / "resumed", torch.device("cpu"), progress=False)
+    first.run(stop_at=9)
+    second = Trainer(data, cfg, tmp_path / "resumed", torch.device("cpu"), progress=False)
+    second.run()
+    a = torch.load(tmp_path / "straight" / "checkpoints" / "chkpnt_14.pth", weights_only=True)
+    b = torch.load(tmp_path / "resumed" / "checkpoints" / "chkpnt_14.pth", weights_only=True)
+    assert "lip_basis_dc" in a["model"]
+    for key in ("progress", "model", "optimizer", "strategy", "rng"):
+        _states_equal(a[key], b[key], key)
+    loaded = load_model(tmp_path / "resumed")
+    assert torch.equal(loaded.model.lip_basis_xyz, second.model.lip_basis_xyz.cpu())
+
+
 def test_each_rank_picks_its_rows_of_the_one_process_picks(dataset60, tmp_path):
     # Data-parallel: the picks are drawn for the whole global batch and sliced, so ranks holding rows 0:3 and
     # 3:5 of a batch of 5 give those rows exactly what one process gives them.
@@ -446,3 +482,25 @@ def test_a_clip_whose_sound_is_early_is_learnt_in_step(tmp_path, caplog):
         assert other.model.clip_shift == 0 and shifted.audio_shift == 0
         assert other.train_split.audio_rows.tolist() == [min(i + 3, m - 1) for i in other.train_split.img_ids]
         shifted.audio_shift = shift
+
+
+def test_the_mouth_region_is_the_front_of_the_head_inside_the_lip_crops():
+    from gaussiantalker.camera import cameras_from_transforms, project_points
+    from gaussiantalker.train.trainer import mouth_region
+
+    g = torch.Generator().manual_seed(0)
+    p = torch.randn(4000, 3, generator=g)
+    xyz = 0.1 * p / p.norm(dim=1, keepdim=True)  # a head-sized sphere at the origin
+    c2w = torch.eye(4).repeat(3, 1, 1)
+    c2w[:, 2, 3] = torch.tensor([0.5, 0.52, 0.48])  # cameras on +z looking at it
+    c2w[:, 0, 3] = torch.tensor([0.0, 0.01, -0.01])
+    cams = cameras_from_transforms(c2w, 120.0, 64, 64)
+    rects = torch.tensor([[40, 50, 27, 37]] * 3)  # rows 40-50, columns 27-37: below the centre
+    inside = mouth_region(xyz, cams, rects, margin=0.0, share=1.0)
+    assert 0 < int(inside.sum()) < 200
+    uv = project_points(xyz[inside], cams)  # [3, n, 2]
+    assert ((uv[..., 1] >= 40) & (uv[..., 1] <= 50) & (uv[..., 0] >= 27) & (uv[..., 0] <= 37)).all()
+    assert (xyz[inside, 2] > 0).all()  # the side facing the cameras, not the back of the sphere behind the crop
+    behind = (xyz[:, 2] < 0) & ((project_points(xyz, cams)[0, :, 1] - 45).abs() < 4)
+    assert behind.any() and not (inside & behind).any()
+    assert int(mouth_region(xyz, cams, rects, margin=0.5, share=1.0).sum()) > int(inside.sum())  # the margin grows it

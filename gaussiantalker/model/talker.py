@@ -41,6 +41,10 @@ log = logging.getLogger(__name__)
 
 #: Per-Gaussian parameters, in the order of the PLY file (optimizer group names in brackets).
 GAUSSIAN_PARAMS = ("xyz", "features_dc", "features_rest", "opacity", "scaling", "rotation")
+#: Lip blendshapes (``ModelHiddenParams.lip_blendshapes``): per-Gaussian ``[N, K, C]`` bases, by name -> (C, the
+#: attribute they move, the optimizer group whose learning rate they take). Stored in ``deformation.pth``, not the PLY.
+LIP_BASES = {"lip_basis_xyz": (3, "xyz", "xyz"), "lip_basis_dc": (3, "features_dc", "f_dc"),
+             "lip_basis_opacity": (1, "opacity", "opacity")}
 #: The fine-stage offset heads and their output sizes.
 OFFSET_HEADS = {"dx": 3, "ds": 3, "dr": 4, "do": 1, "dshs": 48}
 _HEAD_FLAG = {"dx": "no_dx", "ds": "no_ds", "dr": "no_dr", "do": "no_do", "dshs": "no_dshs"}
@@ -109,6 +113,10 @@ class GaussianTalkerModel(nn.Module):
         # bring another voice's features to the same statistics (see gaussiantalker.infer).
         self.register_buffer("audio_mean", torch.zeros(self.audio_dim))
         self.register_buffer("audio_std", torch.ones(self.audio_dim))
+        #: per-Gaussian linear responses to the lip code (fine stage; zero until trained): see ``LIP_BASES``
+        self.lip_blend = bool(h.lip_blendshapes) and self.lip_dim > 0
+        if self.lip_blend:
+            self._new_bases(n)
         self.offset_heads = nn.ModuleDict({
             name: head(h.d_model, h.net_width, dim) for name, dim in OFFSET_HEADS.items()
             if not getattr(h, _HEAD_FLAG[name])
@@ -165,14 +173,16 @@ class GaussianTalkerModel(nn.Module):
         return int(self.lip_regression.clip_shift) if self.lip_kernel else 0
 
     def gaussian_parameters(self) -> dict[str, nn.Parameter]:
-        """The per-Gaussian parameters by name (rows = Gaussians)."""
-        return {name: getattr(self, name) for name in GAUSSIAN_PARAMS}
+        """The per-Gaussian parameters by name (rows = Gaussians), the lip bases included once the fine stage has
+        them (densification and pruning edit them all)."""
+        names = GAUSSIAN_PARAMS + (tuple(LIP_BASES) + ("lip_mask",) if self.lip_blend and bool(self.fine_ready) else ())
+        return {name: getattr(self, name) for name in names}
 
     def replace_gaussian_parameters(self, tensors: dict[str, Tensor]) -> dict[str, nn.Parameter]:
         """Swap in new per-Gaussian tensors (after densify / prune); returns the new Parameters."""
         out = {}
         for name, value in tensors.items():
-            if name not in GAUSSIAN_PARAMS:
+            if name not in GAUSSIAN_PARAMS and not (self.lip_blend and (name in LIP_BASES or name == "lip_mask")):
                 raise ValueError(f"unknown per-Gaussian parameter {name!r}")
             param = nn.Parameter(value.detach().contiguous(), requires_grad=getattr(self, name).requires_grad)
             setattr(self, name, param)
@@ -192,6 +202,8 @@ class GaussianTalkerModel(nn.Module):
     def resize_for_state(self, state: dict[str, Tensor]) -> None:
         """Give the per-Gaussian parameters the row count of ``state`` (before ``load_state_dict``)."""
         n = int(state["xyz"].shape[0])
+        if self.lip_blend and "lip_basis_xyz" in state and int(state["lip_basis_xyz"].shape[0]) != self.lip_basis_xyz.shape[0]:
+            self._new_bases(int(state["lip_basis_xyz"].shape[0]))
         if n != self.num_points:
             self.replace_gaussian_parameters({name: state[name].new_zeros(state[name].shape).to(
                 getattr(self, name).device) for name in GAUSSIAN_PARAMS})
@@ -219,6 +231,8 @@ class GaussianTalkerModel(nn.Module):
                                      + list(self.cam_encoder.parameters()) + [self.null_token]
                                      + list(self.attention.parameters()) + list(self.offset_heads.parameters()))
             groups.update(opacity=[self.opacity], f_dc=[self.features_dc], f_rest=[self.features_rest])
+            if self.lip_blend:  # each basis in a group of its own (one parameter per group, as densification needs)
+                groups.update({name: [getattr(self, name)] for name in LIP_BASES})
         else:
             raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
         return groups
@@ -267,8 +281,27 @@ class GaussianTalkerModel(nn.Module):
         self.opacity.copy_(attrs["opacity"])
         self.features_dc.copy_(attrs["shs"][:, :1])
         self.features_rest.copy_(attrs["shs"][:, 1:])
+        if self.lip_blend:  # the coarse stage densified and pruned: one zero basis per Gaussian now
+            self._new_bases(self.num_points)
         self.fine_ready.fill_(True)
         self._cache = None
+
+    def _new_bases(self, n: int) -> None:
+        """Zero lip bases for ``n`` Gaussians (``LIP_BASES``), all of them in the mouth region (``lip_mask``)."""
+        for name, (c, _, _) in LIP_BASES.items():
+            setattr(self, name, nn.Parameter(torch.zeros(n, self.lip_dim, c, device=self.xyz.device)))
+        #: ``[N, 1]`` 1 for the Gaussians whose bases act (the mouth region the trainer finds), 0 elsewhere; a
+        #: per-Gaussian tensor (densification and pruning edit it with the others), never trained
+        self.lip_mask = nn.Parameter(torch.ones(n, 1, device=self.xyz.device), requires_grad=False)
+
+    @torch.no_grad()
+    def set_lip_region(self, inside: Tensor) -> None:
+        """Let the lip bases act on the Gaussians ``inside`` (bool ``[N]``) only."""
+        if not self.lip_blend:
+            raise ValueError("this model has no lip blendshapes (ModelHiddenParams.lip_blendshapes)")
+        if inside.shape != (self.num_points,):
+            raise ValueError(f"expected a mask of {self.num_points} Gaussians, got {tuple(inside.shape)}")
+        self.lip_mask.copy_(inside.reshape(-1, 1).to(self.lip_mask))
 
     def lip_parameters(self) -> list[nn.Parameter]:
         """The network audio -> lip-code predictor's parameters ([] for other models: the kernel predictor is
@@ -295,11 +328,25 @@ class GaussianTalkerModel(nn.Module):
         p = self.lip_center + self.lip_gain * (predicted - self.lip_center)
         return torch.maximum(torch.minimum(p, self.lip_high), self.lip_low)
 
-    def encode_conditions(self, cond: Conditions) -> Tensor:
-        """The condition tokens ``[B, 4, d_model]``: audio (or lip code), eye, camera, null."""
+    def condition_code(self, cond: Conditions) -> Tensor:
+        """The lip code ``[B, K]`` a render of ``cond`` uses: ``cond.lips`` when given, else the one the audio predicts."""
+        return cond.lips[:, : self.lip_dim] if cond.lips is not None else self.lip_code(cond.audio)
+
+    def blend_offsets(self, code: Tensor, start: int = 0, stop: int | None = None) -> dict[str, Tensor]:
+        """The lip blendshapes' offsets for codes ``[B, K]`` of Gaussians ``start:stop``, by the attribute they move
+        (``xyz [B, n, 3]``, ``features_dc [B, n, 3]``, ``opacity [B, n, 1]``). The code is held inside the tracked
+        codes' range (``lip_low`` .. ``lip_high``, as a predicted code is): a linear basis fitted there scatters the
+        mouth's Gaussians when driven far past it (a tracked code wider than any training frame's)."""
+        code = torch.maximum(torch.minimum(code, self.lip_high), self.lip_low)
+        mask = self.lip_mask[start:stop]
+        return {attr: torch.einsum("bk,nkc->bnc", code, getattr(self, name)[start:stop]) * mask
+                for name, (_, attr, _) in LIP_BASES.items()}
+
+    def encode_conditions(self, cond: Conditions, code: Tensor | None = None) -> Tensor:
+        """The condition tokens ``[B, 4, d_model]``: audio (or lip code), eye, camera, null. ``code``: the lip code,
+        when the caller has it already (see :meth:`condition_code`)."""
         if self.lip_dim:
-            code = cond.lips[:, : self.lip_dim] if cond.lips is not None else self.lip_code(cond.audio)
-            audio = self.lip_encoder(code)
+            audio = self.lip_encoder(self.condition_code(cond) if code is None else code)
         else:
             audio, _ = self.audio_encoder(cond.audio)
         eye = self.eye_encoder(cond.eye)
@@ -331,7 +378,8 @@ class GaussianTalkerModel(nn.Module):
         if not self.training and not torch.is_grad_enabled():
             return self._deform_blocks(cond, sh_degree)
         b, n = cond.batch_size, self.num_points
-        tokens = self.encode_conditions(cond)
+        code = self.condition_code(cond) if self.lip_dim else None
+        tokens = self.encode_conditions(cond, code)
         h, attention = self.attention(self.triplane_features(), tokens)  # [B, N, d], [B, L, N, 4]
         shs = torch.cat([self.features_dc, self.features_rest], dim=1)
         attrs = {name: getattr(self, name) for name in _OFFSET_TARGET.values()}
@@ -343,6 +391,12 @@ class GaussianTalkerModel(nn.Module):
                 attrs[attr] = attrs[attr] + heads[head_name]
         if "dshs" in heads:
             shs = shs + heads["dshs"].view(b, n, 16, 3)[:, :, : shs.shape[1]]
+        if self.lip_blend:
+            blend = self.blend_offsets(code)
+            attrs["xyz"] = attrs["xyz"] + blend["xyz"]
+            attrs["opacity"] = attrs["opacity"] + blend["opacity"]
+            shs = _batched(shs, b, 3)
+            shs = torch.cat([shs[:, :, :1] + blend["features_dc"].unsqueeze(2), shs[:, :, 1:]], dim=2)
         return _activate(attrs["xyz"], attrs["scaling"], attrs["rotation"], attrs["opacity"], shs, sh_degree,
                          attention, b)
 
@@ -360,8 +414,11 @@ class GaussianTalkerModel(nn.Module):
         # Frame by frame also for the condition encoders: matrix kernels for a handful of rows round differently
         # for different row counts, so a batched encoder would make a frame's pixels depend on its batch.
         sides = []  # per frame, per layer: keys [1, d, 8], values [1, 8, d]
+        codes = []  # per frame, its lip code [1, K] (lip-code models)
         for i in range(b):
-            tokens = self.encode_conditions(cond.rows(i, i + 1))
+            row = cond.rows(i, i + 1)
+            codes.append(self.condition_code(row) if self.lip_dim else None)
+            tokens = self.encode_conditions(row, codes[-1])
             sides.append([layer.token_side(tokens) for layer in layers])
         feats = self.triplane_features()  # [N, d]
         heads = self.offset_heads
@@ -382,14 +439,18 @@ class GaussianTalkerModel(nn.Module):
                 for li, (layer, (kmat, u)) in enumerate(zip(layers, sides[i])):
                     x, att = layer.gaussian_side(x, kmat[0], u[0], q0 if li == 0 else None)
                     attention[i, li, s:e] = att
-                if fused is None:
-                    continue
-                out = run_heads(heads, x, fused)
-                for head_name, attr in _OFFSET_TARGET.items():
-                    if head_name in out:
-                        attrs[attr][i, s:e] += out[head_name]
-                if "dshs" in out:
-                    shs[i, s:e] += out["dshs"].view(e - s, 16, 3)[:, :k]
+                if fused is not None:
+                    out = run_heads(heads, x, fused)
+                    for head_name, attr in _OFFSET_TARGET.items():
+                        if head_name in out:
+                            attrs[attr][i, s:e] += out[head_name]
+                    if "dshs" in out:
+                        shs[i, s:e] += out["dshs"].view(e - s, 16, 3)[:, :k]
+                if self.lip_blend:  # added after the heads, in the batched form's order
+                    blend = self.blend_offsets(codes[i], s, e)
+                    attrs["xyz"][i, s:e] += blend["xyz"][0]
+                    attrs["opacity"][i, s:e] += blend["opacity"][0]
+                    shs[i, s:e, 0] += blend["features_dc"][0]
         # Activations frame by frame too: vectorised exp / sigmoid round their last partial SIMD block differently
         # from full blocks, so a [B, N] tensor would give a frame other bits than its own [1, N] one (1 ulp,
         # seen with AVX-512 and N = 600).
@@ -435,4 +496,4 @@ def _activate(xyz: Tensor, scaling: Tensor, rotation: Tensor, opacity: Tensor, s
     )
 
 
-__all__ = ["GAUSSIAN_PARAMS", "OFFSET_HEADS", "STAGES", "GaussianTalkerModel"]
+__all__ = ["GAUSSIAN_PARAMS", "LIP_BASES", "OFFSET_HEADS", "STAGES", "GaussianTalkerModel"]

@@ -6,6 +6,7 @@ import math
 
 from ..camera import TRANSFORMS_SCALE
 from ..config import TrainConfig
+from ..model.talker import LIP_BASES
 
 
 def log_linear(lr_init: float, lr_final: float, step: int, max_steps: int) -> float:
@@ -31,7 +32,7 @@ class LearningRates:
 
     def at(self, step: int) -> dict[str, float]:
         o, m = self.o, self.o.position_lr_max_steps
-        return {
+        lrs = {
             "xyz": log_linear(o.position_lr_init * self.extent, o.position_lr_final * self.extent, step, m),
             "deformation": log_linear(o.deformation_lr_init * self.net_scale, o.deformation_lr_final * self.net_scale,
                                       step, m),
@@ -42,6 +43,9 @@ class LearningRates:
             "scaling": o.scaling_lr,
             "rotation": o.rotation_lr,
         }
+        # a lip basis moves an attribute per unit of (whitened) lip code: that attribute's learning rate
+        lrs.update({name: lrs[group] for name, (_, _, group) in LIP_BASES.items()})
+        return lrs
 
     def apply(self, optimizer, step: int) -> None:
         """Set the ``lr`` of every named group of ``optimizer`` for stage iteration ``step``."""

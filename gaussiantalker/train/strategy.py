@@ -13,14 +13,14 @@ import logging
 import torch
 
 from ..config import TrainConfig
-from ..model.talker import GAUSSIAN_PARAMS, GaussianTalkerModel
+from ..model.talker import LIP_BASES, GaussianTalkerModel
 
 Tensor = torch.Tensor
 log = logging.getLogger(__name__)
 
 #: Optimizer group name of each per-Gaussian parameter.
 GROUP_OF = {"xyz": "xyz", "features_dc": "f_dc", "features_rest": "f_rest", "opacity": "opacity",
-            "scaling": "scaling", "rotation": "rotation"}
+            "scaling": "scaling", "rotation": "rotation", **{name: name for name in LIP_BASES}, "lip_mask": "lip_mask"}
 
 
 def quaternion_to_matrix(q: Tensor) -> Tensor:
@@ -197,10 +197,10 @@ class DensifyStrategy:
         std = scales[split].repeat(2, 1)
         noise = torch.normal(torch.zeros_like(std), std, generator=self.split_generator(iteration, std.device))
         offsets = torch.bmm(rot, noise.unsqueeze(-1)).squeeze(-1)
-        new_split = {name: params[name][split].repeat(2, *([1] * (params[name].ndim - 1))) for name in GAUSSIAN_PARAMS}
+        new_split = {name: value[split].repeat(2, *([1] * (value.ndim - 1))) for name, value in params.items()}
         new_split["xyz"] = params["xyz"][split].repeat(2, 1) + offsets
         new_split["scaling"] = torch.log(std / (0.8 * 2))
-        extra = {name: torch.cat([params[name][clone], new_split[name]], 0) for name in GAUSSIAN_PARAMS}
+        extra = {name: torch.cat([params[name][clone], new_split[name]], 0) for name in params}
         keep = ~split
         edit_gaussians(model, optimizer, keep, extra)
         n = model.num_points

@@ -20,13 +20,14 @@ from typing import Any, Callable, Union
 import numpy as np
 import torch
 
+from ..camera import cameras_from_transforms, project_points
 from ..config import TrainConfig, load_config
 from ..devices import resolve_device
 from ..distributed import SINGLE, Comm, batch_part
 from ..fileio import atomic_write
 from ..model.io import ModelInfo, save_iteration, save_model_info
 from ..model.networks import frame_dropout
-from ..model.talker import STAGES, GaussianTalkerModel
+from ..model.talker import LIP_BASES, STAGES, GaussianTalkerModel
 from ..model.types import Conditions
 from ..progress import Progress, ProgressCallback
 from ..render.rasterize import render_batch
@@ -114,6 +115,33 @@ def _resolve_config(config: Any, model_dir: Path, resuming: bool) -> TrainConfig
     return load_config(config)
 
 
+#: Training frames (evenly spaced) whose lip crops decide :func:`mouth_region`.
+MOUTH_REGION_FRAMES = 32
+
+
+def mouth_region(xyz: torch.Tensor, cameras, rects: torch.Tensor, margin: float = 0.25, depth: float = 0.25,
+                 share: float = 0.5) -> torch.Tensor:
+    """The Gaussians that lie at the mouth: bool ``[N]``.
+
+    A Gaussian ``xyz [N, 3]`` counts in a frame (camera ``b`` of the batched ``cameras``) when it projects into the
+    frame's lip crop ``rects [B, 4]`` (``r0, r1, c0, c1``, as :func:`gaussiantalker.data.lips_rect`) grown by ``margin``
+    of its side on every side, and lies no deeper than the nearest such Gaussian plus ``depth`` x the cloud's largest
+    extent (the face, not the back of the head behind it); it is at the mouth when it counts in at least ``share`` of
+    the frames.
+    """
+    uv = project_points(xyz, cameras)  # [B, N, 2] (x = column, y = row)
+    hom = torch.cat([xyz, torch.ones_like(xyz[:, :1])], 1).to(cameras.w2c.dtype)
+    z = (hom @ cameras.w2c.transpose(-1, -2))[..., 2]  # [B, N] camera-space depth
+    r0, r1, c0, c1 = (rects[:, i:i + 1].to(uv.dtype) for i in range(4))
+    grow = margin * (r1 - r0)
+    inside = ((uv[..., 1] >= r0 - grow) & (uv[..., 1] <= r1 + grow) & (uv[..., 0] >= c0 - grow)
+              & (uv[..., 0] <= c1 + grow) & (z > 0))
+    near = torch.where(inside, z, torch.full_like(z, float("inf"))).min(1, keepdim=True).values
+    reach = depth * float((xyz.max(0).values - xyz.min(0).values).max())
+    inside &= z <= near + reach
+    return inside.float().mean(0) >= share
+
+
 class Trainer:
     """One training run on one dataset into one model folder. ``run()`` trains (or resumes) to the end."""
 
@@ -188,9 +216,12 @@ class Trainer:
 
     def _begin_stage(self, stage: str) -> None:
         if stage == "fine":
-            if not bool(self.model.fine_ready):
+            fresh = not bool(self.model.fine_ready)
+            if fresh:
                 self._calibrate_lips()
             self.model.start_fine()
+            if fresh and self.model.lip_blend:
+                self._set_lip_region()
             self._broadcast_model()  # the lip calibration ran on every rank: rank 0's values for all
         self.optimizer = self._make_optimizer(stage)
         self.strategy = self._make_strategy(stage)
@@ -209,6 +240,7 @@ class Trainer:
 
     def _make_optimizer(self, stage: str) -> torch.optim.Optimizer:
         allowed = set(self.config.optimization.train_l)
+        allowed |= {name for name, (_, _, group) in LIP_BASES.items() if group in allowed}  # trained with their attribute
         lrs = self.lrs.at(0)
         groups = [{"params": params, "lr": lrs[name], "name": name}
                   for name, params in self.model.parameter_groups(stage).items() if name in allowed]
@@ -465,6 +497,16 @@ lipkernel.measure_audio_shift`); the predictor is then fitted on each frame's au
         model.lip_high.copy_((lips.max(0).values + 0.1 * span).to(dev))
 
     @torch.no_grad()
+    def _set_lip_region(self) -> None:
+        """Restrict the lip blendshapes to the Gaussians around the mouth (:func:`mouth_region`)."""
+        split, n = self.train_split, len(self.train_split)
+        picks = torch.linspace(0, n - 1, min(n, MOUTH_REGION_FRAMES)).round().long().unique()
+        cams = cameras_from_transforms(split.c2w[picks], self.data.focal, self.data.width, self.data.height)
+        rects = torch.tensor([self.data.lips_rect_of(int(split.img_ids[int(k)])) for k in picks])
+        inside = mouth_region(self.model.xyz.detach().cpu(), cams, rects)
+        self.model.set_lip_region(inside.to(self.model.xyz.device))
+        log.info("lip blendshapes: %d of %d Gaussians in the mouth region", int(inside.sum()), inside.numel())
+
     def _calibrate_lips(self) -> None:
         """Set the predicted codes' calibration from the frames the predictor has not seen (the held-out tail of the
         training split): per component, gain = std(tracked) / std(predicted) in [1, 2] (a regression shrinks
