@@ -507,6 +507,7 @@ lipkernel.measure_audio_shift`); the predictor is then fitted on each frame's au
         self.model.set_lip_region(inside.to(self.model.xyz.device))
         log.info("lip blendshapes: %d of %d Gaussians in the mouth region", int(inside.sum()), inside.numel())
 
+    @torch.no_grad()
     def _calibrate_lips(self) -> None:
         """Set the predicted codes' calibration from the frames the predictor has not seen (the held-out tail of the
         training split): per component, gain = std(tracked) / std(predicted) in [1, 2] (a regression shrinks
