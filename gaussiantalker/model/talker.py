@@ -45,6 +45,8 @@ GAUSSIAN_PARAMS = ("xyz", "features_dc", "features_rest", "opacity", "scaling", 
 #: attribute they move, the optimizer group whose learning rate they take). Stored in ``deformation.pth``, not the PLY.
 LIP_BASES = {"lip_basis_xyz": (3, "xyz", "xyz"), "lip_basis_dc": (3, "features_dc", "f_dc"),
              "lip_basis_opacity": (1, "opacity", "opacity")}
+#: The per-Gaussian tensors of a lip-blendshape model's fine stage beside GAUSSIAN_PARAMS: the bases and their mask.
+LIP_ROWS = (*LIP_BASES, "lip_mask")
 #: The fine-stage offset heads and their output sizes.
 OFFSET_HEADS = {"dx": 3, "ds": 3, "dr": 4, "do": 1, "dshs": 48}
 _HEAD_FLAG = {"dx": "no_dx", "ds": "no_ds", "dr": "no_dr", "do": "no_do", "dshs": "no_dshs"}
@@ -175,14 +177,14 @@ class GaussianTalkerModel(nn.Module):
     def gaussian_parameters(self) -> dict[str, nn.Parameter]:
         """The per-Gaussian parameters by name (rows = Gaussians), the lip bases included once the fine stage has
         them (densification and pruning edit them all)."""
-        names = GAUSSIAN_PARAMS + (tuple(LIP_BASES) + ("lip_mask",) if self.lip_blend and bool(self.fine_ready) else ())
+        names = GAUSSIAN_PARAMS + (LIP_ROWS if self.lip_blend and bool(self.fine_ready) else ())
         return {name: getattr(self, name) for name in names}
 
     def replace_gaussian_parameters(self, tensors: dict[str, Tensor]) -> dict[str, nn.Parameter]:
         """Swap in new per-Gaussian tensors (after densify / prune); returns the new Parameters."""
         out = {}
         for name, value in tensors.items():
-            if name not in GAUSSIAN_PARAMS and not (self.lip_blend and (name in LIP_BASES or name == "lip_mask")):
+            if name not in GAUSSIAN_PARAMS and not (self.lip_blend and name in LIP_ROWS):
                 raise ValueError(f"unknown per-Gaussian parameter {name!r}")
             param = nn.Parameter(value.detach().contiguous(), requires_grad=getattr(self, name).requires_grad)
             setattr(self, name, param)
@@ -325,8 +327,11 @@ class GaussianTalkerModel(nn.Module):
 
     def calibrate_lips(self, predicted: Tensor) -> Tensor:
         """Raw predicted codes ``[B, K]`` -> the calibrated codes a render uses (see :meth:`lip_code`)."""
-        p = self.lip_center + self.lip_gain * (predicted - self.lip_center)
-        return torch.maximum(torch.minimum(p, self.lip_high), self.lip_low)
+        return self.clamp_lips(self.lip_center + self.lip_gain * (predicted - self.lip_center))
+
+    def clamp_lips(self, code: Tensor) -> Tensor:
+        """Codes ``[B, K]`` held inside the tracked codes' range (``lip_low`` .. ``lip_high``)."""
+        return torch.maximum(torch.minimum(code, self.lip_high), self.lip_low)
 
     def condition_code(self, cond: Conditions) -> Tensor:
         """The lip code ``[B, K]`` a render of ``cond`` uses: ``cond.lips`` when given, else the one the audio predicts."""
@@ -337,7 +342,7 @@ class GaussianTalkerModel(nn.Module):
         (``xyz [B, n, 3]``, ``features_dc [B, n, 3]``, ``opacity [B, n, 1]``). The code is held inside the tracked
         codes' range (``lip_low`` .. ``lip_high``, as a predicted code is): a linear basis fitted there scatters the
         mouth's Gaussians when driven far past it (a tracked code wider than any training frame's)."""
-        code = torch.maximum(torch.minimum(code, self.lip_high), self.lip_low)
+        code = self.clamp_lips(code)
         mask = self.lip_mask[start:stop]
         return {attr: torch.einsum("bk,nkc->bnc", code, getattr(self, name)[start:stop]) * mask
                 for name, (_, attr, _) in LIP_BASES.items()}
@@ -496,4 +501,4 @@ def _activate(xyz: Tensor, scaling: Tensor, rotation: Tensor, opacity: Tensor, s
     )
 
 
-__all__ = ["GAUSSIAN_PARAMS", "LIP_BASES", "OFFSET_HEADS", "STAGES", "GaussianTalkerModel"]
+__all__ = ["GAUSSIAN_PARAMS", "LIP_BASES", "LIP_ROWS", "OFFSET_HEADS", "STAGES", "GaussianTalkerModel"]

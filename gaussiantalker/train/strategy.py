@@ -13,14 +13,14 @@ import logging
 import torch
 
 from ..config import TrainConfig
-from ..model.talker import LIP_BASES, GaussianTalkerModel
+from ..model.talker import LIP_ROWS, GaussianTalkerModel
 
 Tensor = torch.Tensor
 log = logging.getLogger(__name__)
 
 #: Optimizer group name of each per-Gaussian parameter.
 GROUP_OF = {"xyz": "xyz", "features_dc": "f_dc", "features_rest": "f_rest", "opacity": "opacity",
-            "scaling": "scaling", "rotation": "rotation", **{name: name for name in LIP_BASES}, "lip_mask": "lip_mask"}
+            "scaling": "scaling", "rotation": "rotation", **{name: name for name in LIP_ROWS}}
 
 
 def quaternion_to_matrix(q: Tensor) -> Tensor:
