@@ -106,10 +106,10 @@ REGISTRY: Tuple[AssetSpec, ...] = (
               "face-parsing.PyTorch, redistributed by AD-NeRF (data_util/face_parsing/)"),
     AssetSpec(("deepspeech-0_1_0-b90017e8.pb",), "DeepSpeech v0.1.0 audio features (aud_ds.npy, [F,16,29]) as in "
               "the original; needs tensorflow-cpu (pip install gaussiantalker[deepspeech])",
-              "MFCC windows (aud_mfcc.npy, [F,16,26]), no weights", "osmr/deepspeech_features release v0.0.1",
+              "MFCC + recognised-phone windows (aud_phonetic.npy, [F,16,32]; pocketsphinx)", "osmr/deepspeech_features release v0.0.1",
               sha1="b90017e816572ddce84f5843f1fa21e6a377975e"),
     AssetSpec(("hubert-large-ls960-ft",), "HuBERT audio features (aud_hubert.npy, [F,16,1024]); needs transformers "
-              "(pip install gaussiantalker[hubert])", "MFCC windows (aud_mfcc.npy), no weights",
+              "(pip install gaussiantalker[hubert])", "MFCC + recognised-phone windows (aud_phonetic.npy)",
               "facebook/hubert-large-ls960-ft saved with save_pretrained (config.json + weights)", kind="folder"),
     AssetSpec(("vgg16-397923af.pth",), "the VGG16 perceptual loss in training, and LPIPS-VGG (with vgg.pth)",
               "perceptual loss off (logged once); LPIPS-VGG not reported", "torchvision ImageNet weights"),

@@ -120,7 +120,7 @@ def _add_gpu(p: argparse.ArgumentParser, many: bool = False) -> None:
 
 
 LANDMARK_BACKENDS = ("auto", "mediapipe", "dlib", "face-alignment")
-AUDIO_FEATURES = ("auto", "mfcc", "deepspeech", "hubert")
+AUDIO_FEATURES = ("auto", "phonetic", "mfcc", "deepspeech", "hubert")
 
 
 def _add_backends(p: argparse.ArgumentParser) -> None:

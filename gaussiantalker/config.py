@@ -285,12 +285,16 @@ class OptimizationParams:
     """Ours (kernel lip predictor): at most this many training windows serve as kernel centres (Nystroem); a
     longer clip's frames are subsampled (memory and fit time grow with the square of this number)."""
     lip_kernel_taper: float = 0.3
-    """Ours (kernel lip predictor, MFCC features only): the weight of an MFCC row's last cepstrum (c25) in the
+    """Ours (kernel lip predictor, MFCC and phonetic features): the weight of an MFCC row's last cepstrum (c25) in the
     kernel's distance, c0 (energy) weighing 1 and those between linearly in between (1 = all alike). The cepstra
     are standardised, so without it the high ones, which carry the spectrum's fine detail (pitch harmonics, noise)
     more than the vocal tract's shape, weigh as much as the low ones: cross-validated r German 0.50 -> 0.52,
     French 0.58 -> 0.62, LatentSync 0.20 -> 0.33, video-retalking 1 0.33 -> 0.34, and the mouth follows other
     voices' energy better (docs/quality.md)."""
+    lip_kernel_phone_weight: float = 1.0
+    """Ours (kernel lip predictor, ``phonetic`` features only): the weight of a row's six articulation values (the
+    recognised phone's jaw opening, lip closure, ...; :mod:`gaussiantalker.audio.phonetic`) in the kernel's
+    distance, beside its 26 MFCC values (docs/quality.md)."""
     lip_kernel_align: bool = True
     """Ours (kernel lip predictor): before the fit, measure how many frames (-6 .. +6) the clip's sound is off its
     picture, by cross-validation on the training frames, and fit the predictor on the audio read that much later or
@@ -535,6 +539,8 @@ def validate(cfg: TrainConfig, origin: str = "<config>") -> None:
         bad("OptimizationParams.lip_kernel_ridge", f"must be > 0, got {o.lip_kernel_ridge}")
     if not 0.0 < o.lip_kernel_taper <= 1.0:
         bad("OptimizationParams.lip_kernel_taper", f"must be in (0, 1], got {o.lip_kernel_taper}")
+    if not o.lip_kernel_phone_weight >= 0:
+        bad("OptimizationParams.lip_kernel_phone_weight", f"must be >= 0, got {o.lip_kernel_phone_weight}")
     if o.lip_kernel_centres < 16:
         bad("OptimizationParams.lip_kernel_centres", f"must be >= 16, got {o.lip_kernel_centres}")
     if not 0.0 <= o.lip_code_holdout < 0.5:

@@ -221,10 +221,16 @@ class Talker:
 
         feats = extract_features(audio, kind=self._extractor, fps=FPS)
         if self.audio_norm == "utterance":
+            from .audio.features import energy_column
+            from .audio.phonetic import MFCC_DIM
             from .audio.windows import match_statistics
 
-            return match_statistics(feats.windows, self.model.audio_mean.cpu().numpy(),
-                                    self.model.audio_std.cpu().numpy(), 0 if self.audio_kind == "mfcc" else None)
+            # the MFCC values only: a phonetic row's articulation values say which phone it is, whoever speaks
+            w = feats.windows.copy()
+            n = MFCC_DIM if self.audio_kind == "phonetic" else w.shape[-1]
+            w[..., :n] = match_statistics(w[..., :n], self.model.audio_mean.cpu().numpy()[:n],
+                                          self.model.audio_std.cpu().numpy()[:n], energy_column(self.audio_kind))
+            return w
         return feats.windows
 
     def render_frames(self, windows: Tensor, frames: np.ndarray, schedule: PoseSchedule,

@@ -449,10 +449,12 @@ def _write_audio(folder: Path, scene: SyntheticScene, legacy: bool, audio_kind: 
             raise ValueError(f"legacy datasets carry aud_ds.npy only; audio_kind {audio_kind!r} is not possible")
         _write_npy(folder / "aud_ds.npy", _legacy_ds(feats.windows))
         return "deepspeech", 29
-    if audio_kind != "mfcc":
-        raise ValueError(f"synthetic datasets compute mfcc features only, got audio_kind={audio_kind!r}")
-    _write_npy(folder / feature_filename("mfcc"), feats.windows.astype(np.float32))
-    return "mfcc", feats.dim
+    if audio_kind == "phonetic":
+        feats = extract_features(scene.audio, kind="phonetic", num_frames=f)
+    elif audio_kind != "mfcc":
+        raise ValueError(f"synthetic datasets compute mfcc or phonetic features only, got audio_kind={audio_kind!r}")
+    _write_npy(folder / feature_filename(audio_kind), feats.windows.astype(np.float32))
+    return audio_kind, feats.dim
 
 
 def make_synthetic_dataset(folder: PathLike, num_frames: int = 66, size: int = 64, seed: int = 0,
@@ -465,7 +467,9 @@ def make_synthetic_dataset(folder: PathLike, num_frames: int = 66, size: int = 6
         size: image width = height in pixels (focal ``2.33·size``).
         seed: everything is a deterministic function of the seed and the other arguments.
         legacy: write the original GaussianTalker layout instead of ours (see the module docstring).
-        audio_kind: ``"mfcc"`` (ours: ``aud_mfcc.npy``); legacy datasets always get ``aud_ds.npy``.
+        audio_kind: ``"mfcc"`` (ours: ``aud_mfcc.npy``) or ``"phonetic"`` (``aud_phonetic.npy``: the synthetic
+            sound's recognised phones are arbitrary, but every file and shape is real); legacy datasets always get
+            ``aud_ds.npy``.
         num_points: points on the head surface (``points3d.ply``, or the legacy ``vertices``).
     Returns:
         The folder.
@@ -490,6 +494,7 @@ def make_synthetic_dataset(folder: PathLike, num_frames: int = 66, size: int = 6
     _write_text(folder / "synthetic.json", json.dumps(truth))
     if not legacy:
         from . import __version__
+        from .audio import feature_filename
 
         cut = int(num_frames * 10 / 11)
         meta = {
@@ -497,7 +502,7 @@ def make_synthetic_dataset(folder: PathLike, num_frames: int = 66, size: int = 6
             "name": folder.name, "source": {"path": "synthetic", "fps": float(FPS), "width": size, "height": size,
                                             "duration": num_frames / FPS},
             "fps": FPS, "num_frames": int(num_frames), "width": size, "height": size, "crop": None,
-            "audio": {"kind": kind, "dim": dim, "file": "aud_mfcc.npy"},
+            "audio": {"kind": kind, "dim": dim, "file": feature_filename(kind)},
             "backends": {"landmarks": "synthetic", "parsing": "synthetic", "tracking": "synthetic",
                          "audio": kind, "blink": "synthetic"},
             "split": {"train": [0, cut], "val": [cut, int(num_frames)]}, "missing_faces": [], "timings": {},

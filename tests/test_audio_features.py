@@ -208,8 +208,8 @@ def test_auto_picks_deepspeech_when_the_graph_file_is_present(tmp_path, monkeypa
 
 
 def test_files_and_meta(tmp_path):
-    names = [feature_filename(k) for k in ("deepspeech", "mfcc", "hubert")]
-    assert names == ["aud_ds.npy", "aud_mfcc.npy", "aud_hubert.npy"]
+    names = [feature_filename(k) for k in ("deepspeech", "mfcc", "hubert", "phonetic")]
+    assert names == ["aud_ds.npy", "aud_mfcc.npy", "aud_hubert.npy", "aud_phonetic.npy"]
     with pytest.raises(ValueError, match="unknown"):
         feature_filename("mel")
     feats = extract_features(speech_like(1.0), kind="mfcc")

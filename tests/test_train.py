@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -155,6 +157,60 @@ def test_the_kernel_predictor_weighs_high_mfcc_cepstra_less(dataset, tmp_path):
         predictor = trainer.model.lip_regression
         w = predictor.feat_weight.reshape(-1, 16, predictor.audio_dim)
         assert torch.allclose(w[..., -1], taper * w[..., 0]) and torch.all(w[..., 0] > 0)
+
+
+def test_phonetic_features_train_and_render(tmp_path):
+    """A dataset with the default offline features (MFCC + the recognised phone's articulation, D = 32): the kernel
+    predictor tapers the MFCC values and weighs the six articulation values lip_kernel_phone_weight, its noisy
+    copies are phonetic rows too, and the trained model renders a new audio through the same features."""
+    pytest.importorskip("pocketsphinx", reason="pocketsphinx (a core dependency) is not installed")
+    from gaussiantalker import render
+    from gaussiantalker.audio import write_wav
+
+    data = make_synthetic_dataset(tmp_path / "data" / "ph", num_frames=24, size=32, num_points=200,
+                                  audio_kind="phonetic")
+    cfg = tiny("cpu_small", coarse_iterations=1, iterations=1, lip_kernel_phone_weight=1.5)
+    trainer = Trainer(TalkingHeadData.open(data), cfg, tmp_path / "m", torch.device("cpu"), progress=False)
+    trainer.prepare()
+    predictor = trainer.model.lip_regression
+    assert trainer.model.audio_dim == predictor.audio_dim == 32
+    w = predictor.feat_weight.reshape(-1, 16, 32)
+    assert torch.allclose(w[..., 25], 0.3 * w[..., 0]) and torch.allclose(w[..., 26:], 1.5 * w[..., :1].expand_as(w[..., 26:]))
+    bank = trainer._lip_bank()
+    assert bank is not None and bank[0].shape[-1] == 32
+    model = train(data, config=cfg, device="cpu", progress=False)
+    assert model.audio_kind == "phonetic"
+    wav = tmp_path / "new.wav"
+    write_wav(wav, np.sin(np.linspace(0, 600, 16000)).astype(np.float32) * 0.3)
+    out = render(model.path, wav, tmp_path / "new.mp4", device="cpu", progress=False)
+    assert out.frames == 25 and Path(out.path).stat().st_size > 0
+
+
+@pytest.mark.parametrize("phones_hold_the_mouth", [True, False])
+def test_the_phones_are_used_only_where_they_raise_the_cross_validated_r(tmp_path, phones_hold_the_mouth, caplog):
+    """The articulation values of a phonetic dataset weigh lip_kernel_phone_weight when they predict the training
+    mouths better (cross-validated), else 0: here they are made to carry each frame's opening, or noise."""
+    pytest.importorskip("pocketsphinx", reason="pocketsphinx (a core dependency) is not installed")
+    import logging
+
+    folder = make_synthetic_dataset(tmp_path / "data" / "ph60", num_frames=66, size=32, num_points=200,
+                                    audio_kind="phonetic")
+    opening = TalkingHeadData.open(folder).mouth_opening.numpy()
+    windows = np.load(folder / "aud_phonetic.npy")
+    if phones_hold_the_mouth:
+        windows[:, :, 26:] = np.nan_to_num((opening - np.nanmean(opening)) / np.nanstd(opening))[:, None, None]
+    else:
+        windows[:, :, 26:] = np.random.default_rng(0).standard_normal(windows[:, :, 26:].shape)
+    np.save(folder / "aud_phonetic.npy", windows)
+    trainer = Trainer(TalkingHeadData.open(folder), tiny("cpu_small"), tmp_path / "m", torch.device("cpu"),
+                      progress=False)
+    with caplog.at_level(logging.INFO, logger="gaussiantalker.train.trainer"):
+        trainer.prepare()
+    chosen = 1.0 if phones_hold_the_mouth else 0.0
+    assert trainer._phone_weight == chosen
+    w = trainer.model.lip_regression.feat_weight.reshape(-1, 16, 32)
+    assert torch.allclose(w[..., 26:], chosen * w[..., :1].expand_as(w[..., 26:]))
+    assert any("with the recognised phones" in r.getMessage() for r in caplog.records)
 
 
 def test_training_again_resumes_and_extends(dataset, tmp_path):
@@ -330,12 +386,22 @@ def test_the_renderer_is_shown_out_of_fold_predicted_codes(dataset60, tmp_path, 
     assert not any(bool((half._predicted == row).all(1).any()) for row in torch.cat(seen))
 
 
-def test_resume_with_predicted_codes_equals_an_uninterrupted_run(dataset60, tmp_path):
+@pytest.fixture(scope="module")
+def dataset60_phonetic(tmp_path_factory):
+    pytest.importorskip("pocketsphinx", reason="pocketsphinx (a core dependency) is not installed")
+    root = tmp_path_factory.mktemp("ws60p")
+    return make_synthetic_dataset(root / "data" / "synth60p", num_frames=66, size=32, num_points=300,
+                                  audio_kind="phonetic")
+
+
+@pytest.mark.parametrize("kind", ["mfcc", "phonetic"])
+def test_resume_with_predicted_codes_equals_an_uninterrupted_run(kind, request, tmp_path):
     # The out-of-fold codes are not in the checkpoint: the resumed run recomputes them from the same
-    # deterministic folds, and the frames picked for them follow the sample count, so it goes on exactly.
+    # deterministic folds (with phonetic features, after choosing the phones' weight again), and the frames picked
+    # for them follow the sample count, so it goes on exactly.
     cfg = tiny("cpu_small", coarse_iterations=3, iterations=8, checkpoint_every=5, batch_size=4, resolution=-1,
                lip_code_predicted_share=0.5)
-    data = TalkingHeadData.open(dataset60)
+    data = TalkingHeadData.open(request.getfixturevalue("dataset60" if kind == "mfcc" else "dataset60_phonetic"))
     Trainer(data, cfg, tmp_path / "straight", torch.device("cpu"), progress=False).run()
     first = Trainer(data, cfg, tmp_path / "resumed", torch.device("cpu"), progress=False)
     first.run(stop_at=7)
@@ -343,6 +409,8 @@ def test_resume_with_predicted_codes_equals_an_uninterrupted_run(dataset60, tmp_
     second = Trainer(data, cfg, tmp_path / "resumed", torch.device("cpu"), progress=False)
     second.run()
     assert second._predicted is not None and torch.equal(second._predicted, first._predicted)
+    if kind == "phonetic":
+        assert second._phone_weight is not None and second._phone_weight == first._phone_weight
     a = torch.load(tmp_path / "straight" / "checkpoints" / "chkpnt_11.pth", weights_only=True)
     b = torch.load(tmp_path / "resumed" / "checkpoints" / "chkpnt_11.pth", weights_only=True)
     for key in ("progress", "model", "optimizer", "strategy", "rng"):

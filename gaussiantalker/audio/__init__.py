@@ -3,9 +3,10 @@
 * :func:`load_audio` decodes any audio (or a video's audio track) to 16 kHz mono float32 ``[T]``.
 * :func:`extract_features` gives :class:`AudioFeatures` with ``windows`` ``[F, 16, D]``, one window of 16
   rows at 50 Hz centred on each video frame; kinds ``deepspeech`` (D=29, the original's features),
-  ``mfcc`` (D=26, no weights, the offline default), ``hubert`` (D=hidden size) and ``auto``.
+  ``phonetic`` (D=32: MFCC + the recognised phone's articulation, the offline default), ``mfcc`` (D=26, no
+  weights), ``hubert`` (D=hidden size) and ``auto``.
 * :class:`StreamingFeatures` does the same as audio arrives.
-* :func:`save_features` / :func:`load_features` read and write ``aud_ds.npy``, ``aud_mfcc.npy``,
+* :func:`save_features` / :func:`load_features` read and write ``aud_ds.npy``, ``aud_mfcc.npy``, ``aud_phonetic.npy``,
   ``aud_hubert.npy`` in a dataset folder.
 
 Importing this package does not import TensorFlow, transformers or torch. The alignment rule and

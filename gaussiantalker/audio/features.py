@@ -28,6 +28,8 @@ __all__ = [
     "AudioFeatures",
     "FeatureKind",
     "KINDS",
+    "MFCC_KINDS",
+    "energy_column",
     "extract_features",
     "feature_filename",
     "get_extractor",
@@ -101,6 +103,13 @@ class FeatureKind:
 
 
 KINDS: Dict[str, FeatureKind] = {}
+MFCC_KINDS = frozenset({"mfcc", "phonetic"})
+"""Kinds whose rows start with the 26 ``mfcc`` values (c0, the log energy, first)."""
+
+
+def energy_column(kind: str) -> Optional[int]:
+    """The column of a kind's rows that holds the log energy (0 for the MFCC kinds), or None."""
+    return 0 if kind in MFCC_KINDS else None
 
 
 def register_kind(kind: FeatureKind) -> None:
@@ -112,6 +121,12 @@ def _make_mfcc(assets, model_path, device) -> Extractor:
     from .mfcc import MfccExtractor
 
     return MfccExtractor()
+
+
+def _make_phonetic(assets, model_path, device) -> Extractor:
+    from .phonetic import PhoneticExtractor
+
+    return PhoneticExtractor()
 
 
 def _make_deepspeech(assets, model_path, device) -> Extractor:
@@ -129,7 +144,9 @@ def _make_hubert(assets, model_path, device) -> Extractor:
 register_kind(
     FeatureKind("deepspeech", "aud_ds.npy", "DeepSpeech v0.1.0 logits (TensorFlow), D=29", _make_deepspeech, True)
 )
-register_kind(FeatureKind("mfcc", "aud_mfcc.npy", "MFCC, no weights (offline default), D=26", _make_mfcc))
+register_kind(FeatureKind("mfcc", "aud_mfcc.npy", "MFCC, no weights, D=26", _make_mfcc))
+register_kind(FeatureKind("phonetic", "aud_phonetic.npy",
+                          "MFCC + articulation of the recognised phone (pocketsphinx), D=32", _make_phonetic))
 register_kind(
     FeatureKind("hubert", "aud_hubert.npy", "HuBERT last hidden state (transformers), D=hidden", _make_hubert, True)
 )

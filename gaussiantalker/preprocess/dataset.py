@@ -3,7 +3,7 @@ GaussianTalker / ER-NeRF / TalkingGaussian (no ``meta.json``: read from its file
 
 Legacy rules (``docs/dataset-format.md``): frames = the ``ori_imgs/<i>.jpg`` files, size from frame 0,
 25 fps, audio kind = that of the first present of ``aud_ds.npy`` (deepspeech), ``aud_hubert.npy`` (hubert),
-``aud_mfcc.npy`` (mfcc), ``aud.npy`` (AD-NeRF: deepspeech), ``aud_hu.npy`` (ER-NeRF: hubert), ``aud_eo.npy``
+``aud_phonetic.npy`` (phonetic), ``aud_mfcc.npy`` (mfcc), ``aud.npy`` (AD-NeRF: deepspeech), ``aud_hu.npy`` (ER-NeRF: hubert), ``aud_eo.npy``
 (ER-NeRF: wav2vec-eo) (:func:`gaussiantalker.data.legacy_audio_file`), no crop, backends unknown (empty).
 """
 

@@ -172,7 +172,7 @@ class AudioStep(Step):
 class FeaturesStep(Step):
     name = "features"
     depends = ("audio",)
-    description = "speech feature windows [F, 16, D] (aud_mfcc.npy / aud_ds.npy / aud_hubert.npy)"
+    description = "speech feature windows [F, 16, D] (aud_phonetic.npy / aud_mfcc.npy / aud_ds.npy / aud_hubert.npy)"
 
     def _kind(self, ctx) -> str:
         from ..audio import resolve_kind

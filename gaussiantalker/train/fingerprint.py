@@ -33,7 +33,7 @@ RECORD = "dataset.json"
 WHOLE = 32 * 2 ** 20
 SAMPLE = 4 * 2 ** 20
 _FILES = ("transforms_train.json", "transforms_val.json", "au.csv", "bc.jpg", "aud_ds.npy", "aud_hubert.npy",
-          "aud_mfcc.npy")
+          "aud_mfcc.npy", "aud_phonetic.npy")
 
 __all__ = ["DatasetMismatchError", "check_dataset", "dataset_fingerprint", "record_dataset", "discard_training"]
 

@@ -169,6 +169,7 @@ class Trainer:
         self._lip_loss: torch.Tensor | None = None
         self._bank: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
         self._folds_cv: torch.Tensor | None = None  # the kernel fit's out-of-fold predictions (raw), until used
+        self._phone_weight: float | None = None  # phonetic datasets: the articulation values' weight chosen by CV
         self._predicted: torch.Tensor | None = None  # _predicted_lips' cache
         self._train_row: dict[int, int] = {}  # image id -> row of the training split
         self.strategy: DensifyStrategy | None = None
@@ -201,9 +202,10 @@ class Trainer:
         xyz, rgb = self.data.point_cloud()
         gen = torch.Generator().manual_seed(seed)
         self.model = GaussianTalkerModel.from_point_cloud(xyz, rgb, self.config, self.data.audio_dim, gen)
+        from ..audio.features import energy_column
         from ..audio.windows import speech_statistics
 
-        mean, std = speech_statistics(self.train_split.audio.numpy(), 0 if self.data.audio_kind == "mfcc" else None)
+        mean, std = speech_statistics(self.train_split.audio.numpy(), energy_column(self.data.audio_kind))
         with torch.no_grad():
             self.model.audio_mean.copy_(torch.from_numpy(mean).float())
             self.model.audio_std.copy_(torch.from_numpy(std).float())
@@ -275,19 +277,23 @@ class Trainer:
 
     def _lip_bank(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
         """Extra (audio windows ``[M, 8, 16, D]``, codes ``[M, K]``, the training-split row each one copies ``[M]``
-        (-1 for silence and noise)) for the predictor, mfcc datasets only: the
+        (-1 for silence and noise)) for the predictor, mfcc and phonetic datasets only: the
         training audio with white noise at 20 and 10 dB SNR (same codes), and noise alone or silence at several
         levels (the closed-mouth code), so that other microphones and the pauses of other voices do not open
-        the mouth. Computed once (MFCC runs ~600x real time); None for other feature kinds or without aud.wav."""
+        the mouth. Computed once (mfcc runs ~600x real time, phonetic ~5x); None for other feature kinds or without
+        aud.wav."""
         if not self.config.optimization.lip_code_augment:
             return None
         if self._bank is not None or not self.model.lip_dim:
             return self._bank
-        wav = Path(self.data.path) / "aud.wav"
-        if self.data.audio_kind != "mfcc" or not wav.is_file():
-            return None
         from ..audio import extract_features, load_audio
+        from ..audio.features import MFCC_KINDS
         from ..data import audio_context
+
+        wav = Path(self.data.path) / "aud.wav"
+        kind = self.data.audio_kind
+        if kind not in MFCC_KINDS or not wav.is_file():
+            return None
 
         samples = load_audio(wav)
         rng = np.random.default_rng(int(self.config.optimization.seed))
@@ -298,7 +304,7 @@ class Trainer:
         windows, codes, rows = [], [], []
         for snr_db in (20.0, 10.0):
             noisy = samples + rng.standard_normal(samples.shape).astype(np.float32) * loud * 10 ** (-snr_db / 20)
-            w = torch.from_numpy(extract_features(noisy, "mfcc", num_frames=self.data.num_frames).windows)
+            w = torch.from_numpy(extract_features(noisy, kind, num_frames=self.data.num_frames).windows)
             windows.append(audio_context(w[aud], idx))
             codes.append(split.lips[:, : self.model.lip_dim])
             rows.append(idx)
@@ -307,7 +313,7 @@ class Trainer:
         for level_db in (None, -70.0, -55.0, -40.0):
             noise = np.zeros(frames * 640, np.float32) if level_db is None else \
                 rng.standard_normal(frames * 640).astype(np.float32) * 10 ** (level_db / 20)
-            w = torch.from_numpy(extract_features(noise, "mfcc", num_frames=frames).windows)
+            w = torch.from_numpy(extract_features(noise, kind, num_frames=frames).windows)
             windows.append(audio_context(w, torch.arange(frames)))
             codes.append(closed)
             rows.append(torch.full((frames,), -1, dtype=torch.long))
@@ -359,6 +365,7 @@ class Trainer:
         model = self.model
         k = model.lip_dim
         self._align_clip_audio()
+        self._choose_phone_weight()
         fit, true, cv = self._lip_kernel_folds()
         gain = torch.ones(k)
         if cv is not None:
@@ -391,7 +398,8 @@ lipkernel.measure_audio_shift`); the predictor is then fitted on each frame's au
             split = self.train_split
             start = time.perf_counter()
             shift, scores = measure_audio_shift(split.audio, split.lips[:, : model.lip_dim], self._train_openings(),
-                                                float(o.lip_kernel_ridge), self._kernel_weights())
+                                                float(o.lip_kernel_ridge),
+                                                self._kernel_weights(float(o.lip_kernel_phone_weight)))
             if scores:
                 log.info("lip code: cross-validated r of the mouth read from the audio shifted by %+d .. %+d frames: "
                          "%s (%.1f s)", min(SHIFTS), max(SHIFTS),
@@ -403,13 +411,54 @@ lipkernel.measure_audio_shift`); the predictor is then fitted on each frame's au
         model.lip_regression.clip_shift.fill_(shift)
         self._use_clip_shift()
 
-    def _kernel_weights(self) -> torch.Tensor:
+    def _kernel_weights(self, phone_weight: float | None = None) -> torch.Tensor:
         """The kernel predictor's input weights: Gaussian in time, and for MFCC rows lower for the higher cepstra
-        (``lip_kernel_taper``)."""
+        (``lip_kernel_taper``); a ``phonetic`` row's articulation values weigh ``phone_weight`` (default: the
+        weight :meth:`_choose_phone_weight` chose for this clip)."""
+        from ..audio.features import MFCC_KINDS
+        from ..audio.phonetic import MFCC_DIM
         from ..model.lipkernel import input_weights
 
-        taper = float(self.config.optimization.lip_kernel_taper) if self.data.audio_kind == "mfcc" else 1.0
-        return input_weights(self.model.audio_dim, taper=taper)
+        o, kind, dim = self.config.optimization, self.data.audio_kind, self.model.audio_dim
+        if kind not in MFCC_KINDS:
+            return input_weights(dim)
+        taper = input_weights(MFCC_DIM, taper=float(o.lip_kernel_taper)).reshape(16, MFCC_DIM)
+        if kind == "mfcc":
+            return taper.reshape(-1)
+        if phone_weight is None:
+            phone_weight = self._choose_phone_weight()
+        phones = input_weights(dim - MFCC_DIM).reshape(16, -1) * float(phone_weight)
+        return torch.cat([taper, phones], 1).reshape(-1)
+
+    def _choose_phone_weight(self) -> float:
+        """The weight of a ``phonetic`` row's articulation values in the predictor's distance, for this clip:
+        ``lip_kernel_phone_weight`` when the phones raise the cross-validated r of the mouth opening read out of the
+        out-of-fold codes (the same 5 contiguous folds as the calibration's), else 0, which is the ``mfcc``
+        predictor exactly. The phones add six values per row to learn from: 20-50 s clips gained (German r 0.50 ->
+        0.55, French 0.636 -> 0.641), 6-10 s ones lost (docs/quality.md). Chosen once per run, after the clip's
+        audio shift is set (a resumed run, whose shift comes with the model, chooses the same)."""
+        if self._phone_weight is not None:
+            return self._phone_weight
+        configured = float(self.config.optimization.lip_kernel_phone_weight)
+        if self.data.audio_kind != "phonetic" or configured == 0.0:
+            self._phone_weight = configured
+            return configured
+        from ..lipsync import opening_readout, pearson
+
+        opening = self._train_openings().numpy()
+        scores = {}
+        for weight in (0.0, configured):
+            _, true, cv = self._lip_kernel_folds(self._kernel_weights(weight))
+            if cv is None:  # too few frames to cross-validate: the configured weight
+                self._phone_weight = configured
+                return configured
+            scores[weight] = pearson(opening_readout(true.numpy(), opening)(cv.numpy()), opening)
+        better = scores[configured] > scores[0.0]  # NaN (a mouth that never moves) compares False: no phones
+        self._phone_weight = configured if better else 0.0
+        log.info("lip code: cross-validated r of the mouth read from the audio %.3f with the recognised phones, "
+                 "%.3f without: %s", scores[configured], scores[0.0],
+                 f"phones weigh {configured:g}" if better else "the predictor reads the MFCC values only")
+        return self._phone_weight
 
     def _use_clip_shift(self) -> None:
         """Read the clip's audio shifted by the model's ``clip_shift`` (a fresh run after measuring it, a resumed one
@@ -424,16 +473,19 @@ lipkernel.measure_audio_shift`); the predictor is then fitted on each frame's au
             self.train_split = self.data.split("train")
             self._bank = None
 
-    def _lip_kernel_folds(self) -> tuple[Callable[[torch.Tensor | None], Any], torch.Tensor, torch.Tensor | None]:
+    def _lip_kernel_folds(self, weights: torch.Tensor | None = None
+                          ) -> tuple[Callable[[torch.Tensor | None], Any], torch.Tensor, torch.Tensor | None]:
         """``(fit, tracked, cv)``: ``fit(keep)`` fits a kernel predictor to the training windows and extra samples
         selected by the mask ``keep`` (``None``: all of them); ``tracked`` the training frames' codes ``[n, K]``;
         ``cv`` their out-of-fold predictions ``[n, K]`` from 5 contiguous folds (each fold's noisy copies left out
-        with it), ``None`` with fewer than 50 frames. Deterministic: a resumed run recomputes the same values."""
+        with it), ``None`` with fewer than 50 frames. Deterministic: a resumed run recomputes the same values.
+        ``weights``: the predictor's input weights (default :meth:`_kernel_weights`)."""
         from ..data import audio_context
         from ..model.lipkernel import KernelLipPredictor
 
         model, o = self.model, self.config.optimization
-        weights = self._kernel_weights()
+        if weights is None:
+            weights = self._kernel_weights()
         split, k = self.train_split, model.lip_dim
         n = len(split)
         x = audio_context(split.audio, torch.arange(n))
