@@ -185,15 +185,27 @@ def test_bad_arguments():
         extract_features("missing.wav", kind="mfcc")
 
 
-def test_auto_uses_mfcc_without_the_graph_and_says_so_once(tmp_path, caplog, monkeypatch):
+def test_auto_uses_phonetic_without_the_graph_and_says_so_once(tmp_path, caplog, monkeypatch):
+    pytest.importorskip("pocketsphinx", reason="pocketsphinx (a core dependency) is not installed")
     monkeypatch.setattr(features_module, "_AUTO_LOGGED", set())
     with caplog.at_level(logging.INFO, logger="gaussiantalker.audio.features"):
         a = extract_features(speech_like(0.5), kind="auto", assets=tmp_path)
         b = extract_features(speech_like(0.6), kind="auto", assets=tmp_path)
-    assert a.kind == b.kind == "mfcc"
+    assert a.kind == b.kind == "phonetic"
     notes = [r for r in caplog.records if "deepspeech-0_1_0-b90017e8.pb not found" in r.getMessage()]
     assert len(notes) == 1 and notes[0].levelno == logging.WARNING
-    assert str(tmp_path) in notes[0].getMessage()
+    assert str(tmp_path) in notes[0].getMessage() and "'phonetic'" in notes[0].getMessage()
+
+
+def test_auto_falls_back_to_mfcc_without_pocketsphinx(tmp_path, caplog, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "pocketsphinx" else real(name, *a))
+    monkeypatch.setattr(features_module, "_AUTO_LOGGED", set())
+    with caplog.at_level(logging.INFO, logger="gaussiantalker.audio.features"):
+        assert resolve_kind("auto", tmp_path) == "mfcc"
+    assert any("pocketsphinx" in r.getMessage() and "'mfcc'" in r.getMessage() for r in caplog.records)
 
 
 def test_auto_picks_deepspeech_when_the_graph_file_is_present(tmp_path, monkeypatch):

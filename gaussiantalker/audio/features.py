@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 from dataclasses import dataclass
@@ -163,7 +164,8 @@ _AUTO_LOGGED: set = set()
 
 
 def resolve_kind(kind: str = "auto", assets: Optional[PathLike] = None, model_path: Optional[PathLike] = None) -> str:
-    """The kind ``kind`` stands for: ``auto`` is deepspeech when its graph is present, else mfcc.
+    """The kind ``kind`` stands for: ``auto`` is deepspeech when its graph is present, else phonetic (mfcc when
+    pocketsphinx cannot be imported).
 
     The choice made by ``auto`` is logged once per process and asset folder.
     """
@@ -176,14 +178,15 @@ def resolve_kind(kind: str = "auto", assets: Optional[PathLike] = None, model_pa
     if model_path is not None or find_asset(GRAPH_FILENAME, assets) is not None:
         chosen = "deepspeech"
     else:
-        chosen = "mfcc"
+        chosen = "phonetic" if importlib.util.find_spec("pocketsphinx") is not None else "mfcc"
     key = (chosen, str(asset_dir(assets)))
     if key not in _AUTO_LOGGED:
         _AUTO_LOGGED.add(key)
-        if chosen == "mfcc":
+        if chosen != "deepspeech":
             log.warning(
-                "audio features: %s not found in %s, using the offline 'mfcc' features "
-                "(place the graph there for DeepSpeech features)", GRAPH_FILENAME, asset_dir(assets)
+                "audio features: %s not found in %s, using the offline '%s' features%s "
+                "(place the graph there for DeepSpeech features)", GRAPH_FILENAME, asset_dir(assets), chosen,
+                "" if chosen == "phonetic" else " (pocketsphinx, which the 'phonetic' features need, is not installed)"
             )
         else:
             log.info("audio features: using DeepSpeech (%s)", model_path or asset_dir(assets))
