@@ -9,7 +9,7 @@ German or French speech is a coarse labelling, but vowel height, lip closure and
 
 Each 50 Hz row is the 26 ``mfcc`` values (:mod:`gaussiantalker.audio.mfcc`, unchanged) followed by six
 articulatory values of the phone at the row's time (:data:`ARTICULATION`): jaw opening (0 closed .. 1 wide:
-open vowels 1, mid 2/3, close 1/3, other consonants 1/6), lip closure (bilabials), lip-teeth contact
+open vowels 1, mid 2/3, close 1/3, bilabials 0, other consonants 1/6), lip closure (bilabials), lip-teeth contact
 (labiodentals), lip rounding, vowel, and silence / noise. D = 32.
 
 Rows come from blocks (:data:`PLAN`: 1 s kept, with 1 s of past and 0.5 s of future context, each decoded as an
@@ -26,7 +26,7 @@ import numpy as np
 from .base import BlockPlan, Extractor
 from .mfcc import _mfcc_padded
 
-__all__ = ["ARTICULATION", "DIM", "PHONES", "PLAN", "PhoneticExtractor", "articulation_rows"]
+__all__ = ["ARTICULATION", "ARTICULATION_NAMES", "DIM", "PHONES", "PLAN", "PhoneticExtractor", "articulation_rows"]
 
 PHONES = tuple("AA AE AH AO AW AY B CH D DH EH ER EY F G HH IH IY JH K L M N NG OW OY P R S SH T TH UH UW V W Y Z "
                "ZH".split())
