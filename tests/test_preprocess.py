@@ -19,7 +19,7 @@ from _preprocess_helpers import MAY, PORTRAIT, VFR, cut_video, file_hashes, run_
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
-FORMAT_FILES = ("aud.wav", "aud_train.wav", "aud_novel.wav", "aud_mfcc.npy", "au.csv", "bc.jpg", "track_params.pt",
+FORMAT_FILES = ("aud.wav", "aud_train.wav", "aud_novel.wav", "aud_phonetic.npy", "au.csv", "bc.jpg", "track_params.pt",
                 "transforms_train.json", "transforms_val.json", "points3d.ply", "landmarks478.npy", "meta.json",
                 "preview.mp4")
 
@@ -64,7 +64,7 @@ def test_may_end_to_end(may):
     folder = data.path
     n = data.num_frames
     assert abs(n - 125) <= 1
-    assert (data.width, data.height, data.fps, data.audio_kind) == (512, 512, 25.0, "mfcc")
+    assert (data.width, data.height, data.fps, data.audio_kind) == (512, 512, 25.0, "phonetic")  # the offline default
     for f in FORMAT_FILES:
         assert (folder / f).is_file() and (folder / f).stat().st_size > 0, f
     for sub, ext in (("ori_imgs", "jpg"), ("ori_imgs", "lms"), ("parsing", "png"), ("gt_imgs", "jpg"),
@@ -77,8 +77,14 @@ def test_may_end_to_end(may):
     cut = int(n * 10 / 11)
     assert _wav(folder / "aud_train.wav")[1].size == cut * 640
     assert _wav(folder / "aud_novel.wav")[1].size == (n - cut) * 640
-    feats = np.load(folder / "aud_mfcc.npy")
-    assert feats.shape == (n, 16, 26) and feats.dtype == np.float32 and np.isfinite(feats).all()
+    feats = np.load(folder / "aud_phonetic.npy")
+    assert feats.shape == (n, 16, 32) and feats.dtype == np.float32 and np.isfinite(feats).all()
+    from gaussiantalker.audio import extract_features
+
+    # the first 26 values of each row are the mfcc features; the other six say which phone: she speaks
+    mfcc = extract_features(folder / "aud.wav", kind="mfcc", num_frames=n).windows
+    np.testing.assert_allclose(feats[..., :26], mfcc, rtol=1e-6, atol=1e-6)
+    assert (feats[:, 8, 31] == 0).mean() > 0.5
 
     # landmarks: inside the image and on the face (the face-mesh box of the same frame, parsing head)
     lm478 = np.load(folder / "landmarks478.npy")
@@ -119,8 +125,8 @@ def test_may_end_to_end(may):
     assert meta["format"] == "gaussiantalker-dataset" and meta["num_frames"] == n
     assert meta["backends"] == {"landmarks": "mediapipe", "crop": "mediapipe-face-detection",
                                 "parsing": "mediapipe-selfie", "tracking": "offline", "blink": "eye-landmarks",
-                                "audio": "mfcc"}
-    assert meta["audio"] == {"kind": "mfcc", "dim": 26, "file": "aud_mfcc.npy", "sample_rate": 16000,
+                                "audio": "phonetic"}
+    assert meta["audio"] == {"kind": "phonetic", "dim": 32, "file": "aud_phonetic.npy", "sample_rate": 16000,
                              "seconds": n / 25}
     assert meta["crop"] == {"x": 0, "y": 0, "size": 512, "source_width": 512, "source_height": 512}
     assert meta["split"] == {"train": [0, cut], "val": [cut, n]}
@@ -128,7 +134,7 @@ def test_may_end_to_end(may):
     assert set(meta["timings"]) >= {"frames", "landmarks", "tracking", "parsing", "torso"}
 
     again = Dataset.open(folder)
-    assert (again.num_frames, again.audio_kind, again.backends, again.crop) == (n, "mfcc", meta["backends"],
+    assert (again.num_frames, again.audio_kind, again.backends, again.crop) == (n, "phonetic", meta["backends"],
                                                                               data.crop)
     assert data.summary.face_coverage == 1.0 and data.summary.frames == n
     assert "probe" in data.summary.ran and "torso" in data.summary.ran
@@ -272,7 +278,7 @@ def test_variable_frame_rate_clip_becomes_constant_25fps(shared_data, tmp_path):
     assert data.crop.is_full_frame and (data.width, data.height) == (512, 512)
     rate, aud = _wav(data.path / "aud.wav")
     assert rate == 16000 and abs(aud.size / rate - n / 25) <= 0.040
-    assert np.load(data.path / "aud_mfcc.npy").shape[0] == n
+    assert np.load(data.path / "aud_phonetic.npy").shape[0] == n
     assert not (data.path / "meta.json").exists()
 
 
