@@ -28,6 +28,7 @@ from typing import Union
 import numpy as np
 import torch
 
+from .audio.features import fixed_dim
 from .camera import TRANSFORMS_SCALE, CameraMatrices, cameras_from_transforms
 from .fileio import read_lms
 
@@ -51,8 +52,6 @@ AUDIO_CONTEXT = 8
 AUDIO_FILES = (("aud_ds.npy", "deepspeech"), ("aud_hubert.npy", "hubert"), ("aud_phonetic.npy", "phonetic"),
                ("aud_mfcc.npy", "mfcc"),
                ("aud.npy", "deepspeech"), ("aud_hu.npy", "hubert"), ("aud_eo.npy", "wav2vec-eo"))
-#: The row width of the feature kinds whose width is fixed.
-FIXED_DIMS = {"deepspeech": 29, "mfcc": 26, "phonetic": 32}
 #: Components of the tracked lip code every sample carries (a model uses its first ``lip_code_dim``).
 LIP_CODE_DIM = 8
 #: Points of the fallback cloud (ER-NeRF datasets: no points3d.ply and no vertices).
@@ -382,8 +381,9 @@ def _read_audio(folder: Path, meta: dict) -> tuple[np.ndarray, str, Path]:
         arr = arr.transpose(0, 2, 1)  # the original's [M, D, 16] (channels x time)
     if arr.shape[1] != 16:
         raise DatasetError(f"{path}: audio windows must be [M, 16, D] (or [M, D, 16]), got shape {arr.shape}")
-    if kind in FIXED_DIMS and arr.shape[2] != FIXED_DIMS[kind]:
-        raise DatasetError(f"{path}: {kind} windows have D={FIXED_DIMS[kind]}, this file has D={arr.shape[2]}")
+    dim = fixed_dim(kind)
+    if dim is not None and arr.shape[2] != dim:
+        raise DatasetError(f"{path}: {kind} windows have D={dim}, this file has D={arr.shape[2]}")
     if not np.isfinite(arr).all():
         raise DatasetError(f"{path}: audio windows contain NaN or infinite values")
     return np.ascontiguousarray(arr, dtype=np.float32), kind, path

@@ -443,16 +443,15 @@ def _write_audio(folder: Path, scene: SyntheticScene, legacy: bool, audio_kind: 
     for name, part in (("aud.wav", scene.audio), ("aud_train.wav", scene.audio[:split_sample]),
                        ("aud_novel.wav", scene.audio[split_sample:])):
         atomic_write(folder / name, lambda tmp, a=part: write_wav(tmp, a))
-    feats = extract_features(scene.audio, kind="mfcc", num_frames=f)
     if legacy:
         if audio_kind not in ("mfcc", "deepspeech"):
             raise ValueError(f"legacy datasets carry aud_ds.npy only; audio_kind {audio_kind!r} is not possible")
+        feats = extract_features(scene.audio, kind="mfcc", num_frames=f)
         _write_npy(folder / "aud_ds.npy", _legacy_ds(feats.windows))
         return "deepspeech", 29
-    if audio_kind == "phonetic":
-        feats = extract_features(scene.audio, kind="phonetic", num_frames=f)
-    elif audio_kind != "mfcc":
+    if audio_kind not in ("mfcc", "phonetic"):
         raise ValueError(f"synthetic datasets compute mfcc or phonetic features only, got audio_kind={audio_kind!r}")
+    feats = extract_features(scene.audio, kind=audio_kind, num_frames=f)
     _write_npy(folder / feature_filename(audio_kind), feats.windows.astype(np.float32))
     return audio_kind, feats.dim
 

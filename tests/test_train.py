@@ -12,6 +12,7 @@ import torch
 from gaussiantalker.config import load_config
 from gaussiantalker.data import TalkingHeadData
 from gaussiantalker.model import list_iterations, load_model
+from gaussiantalker.model.io import ModelInfo
 from gaussiantalker.synthetic import make_synthetic_dataset
 from gaussiantalker.train import Trainer, TrainingError, train
 from gaussiantalker.train.checkpoint import list_checkpoints
@@ -204,6 +205,9 @@ def test_the_phones_are_used_only_where_they_raise_the_cross_validated_r(tmp_pat
     np.save(folder / "aud_phonetic.npy", windows)
     trainer = Trainer(TalkingHeadData.open(folder), tiny("cpu_small"), tmp_path / "m", torch.device("cpu"),
                       progress=False)
+    computed = []
+    folds = trainer._lip_kernel_folds
+    trainer._lip_kernel_folds = lambda weights=None: computed.append(weights) or folds(weights)
     with caplog.at_level(logging.INFO, logger="gaussiantalker.train.trainer"):
         trainer.prepare()
     chosen = 1.0 if phones_hold_the_mouth else 0.0
@@ -211,6 +215,15 @@ def test_the_phones_are_used_only_where_they_raise_the_cross_validated_r(tmp_pat
     w = trainer.model.lip_regression.feat_weight.reshape(-1, 16, 32)
     assert torch.allclose(w[..., 26:], chosen * w[..., :1].expand_as(w[..., 26:]))
     assert any("with the recognised phones" in r.getMessage() for r in caplog.records)
+    # The fit and its calibration reuse the chosen weight's folds: two cross-validations, not three, and the same
+    # out-of-fold codes as a fresh computation at that weight.
+    assert len(computed) == 2 and all(c is not None for c in computed)
+    assert torch.equal(trainer._folds_cv, folds(trainer._kernel_weights(chosen))[2])
+    # model.json says what was chosen, and why.
+    summary = ModelInfo.read(tmp_path / "m" / "model.json").lip_predictor
+    assert summary["phone_weight"] == chosen and summary["audio_shift_frames"] == int(trainer.model.clip_shift)
+    assert (summary["cv_r_with_phones"] > summary["cv_r_without_phones"]) == phones_hold_the_mouth
+    assert len(summary["cv_r_per_component"]) == len(summary["gain"]) == trainer.model.lip_dim
 
 
 def test_training_again_resumes_and_extends(dataset, tmp_path):
@@ -411,6 +424,10 @@ def test_resume_with_predicted_codes_equals_an_uninterrupted_run(kind, request, 
     assert second._predicted is not None and torch.equal(second._predicted, first._predicted)
     if kind == "phonetic":
         assert second._phone_weight is not None and second._phone_weight == first._phone_weight
+    # The resumed run keeps what the fresh run's fit recorded in model.json.
+    recorded = ModelInfo.read(tmp_path / "straight" / "model.json").lip_predictor
+    assert recorded is not None and ModelInfo.read(tmp_path / "resumed" / "model.json").lip_predictor == recorded
+    assert (recorded["phone_weight"] is None) == (kind == "mfcc")
     a = torch.load(tmp_path / "straight" / "checkpoints" / "chkpnt_11.pth", weights_only=True)
     b = torch.load(tmp_path / "resumed" / "checkpoints" / "chkpnt_11.pth", weights_only=True)
     for key in ("progress", "model", "optimizer", "strategy", "rng"):

@@ -33,6 +33,7 @@ __all__ = [
     "energy_column",
     "extract_features",
     "feature_filename",
+    "fixed_dim",
     "get_extractor",
     "load_features",
     "register_kind",
@@ -101,6 +102,8 @@ class FeatureKind:
     """``make(assets, model_path, device) -> Extractor``; raises FileNotFoundError when its file is absent."""
     needs_file: bool = False
     """Whether ``make`` needs a user-provided file (so ``auto`` checks for it)."""
+    dim: Optional[int] = None
+    """The row width D of every file of this kind, or None where it depends on the model (hubert)."""
 
 
 KINDS: Dict[str, FeatureKind] = {}
@@ -111,6 +114,13 @@ MFCC_KINDS = frozenset({"mfcc", "phonetic"})
 def energy_column(kind: str) -> Optional[int]:
     """The column of a kind's rows that holds the log energy (0 for the MFCC kinds), or None."""
     return 0 if kind in MFCC_KINDS else None
+
+
+def fixed_dim(kind: str) -> Optional[int]:
+    """The row width every file of a registered ``kind`` has (deepspeech 29, mfcc 26, phonetic 32), or None (an
+    unknown kind, or one whose width depends on its model)."""
+    k = KINDS.get(kind)
+    return None if k is None else k.dim
 
 
 def register_kind(kind: FeatureKind) -> None:
@@ -143,11 +153,12 @@ def _make_hubert(assets, model_path, device) -> Extractor:
 
 
 register_kind(
-    FeatureKind("deepspeech", "aud_ds.npy", "DeepSpeech v0.1.0 logits (TensorFlow), D=29", _make_deepspeech, True)
+    FeatureKind("deepspeech", "aud_ds.npy", "DeepSpeech v0.1.0 logits (TensorFlow), D=29", _make_deepspeech, True,
+                dim=29)
 )
-register_kind(FeatureKind("mfcc", "aud_mfcc.npy", "MFCC, no weights, D=26", _make_mfcc))
+register_kind(FeatureKind("mfcc", "aud_mfcc.npy", "MFCC, no weights, D=26", _make_mfcc, dim=26))
 register_kind(FeatureKind("phonetic", "aud_phonetic.npy",
-                          "MFCC + articulation of the recognised phone (pocketsphinx), D=32", _make_phonetic))
+                          "MFCC + articulation of the recognised phone (pocketsphinx), D=32", _make_phonetic, dim=32))
 register_kind(
     FeatureKind("hubert", "aud_hubert.npy", "HuBERT last hidden state (transformers), D=hidden", _make_hubert, True)
 )
@@ -300,7 +311,7 @@ def load_features(path_or_dir: PathLike, kind: Optional[str] = None, fps: float 
 
     Raises:
         FileNotFoundError: no such file, or no (or several) candidate files in the folder.
-        ValueError: the array is not ``[F, 16, D]``, or its D contradicts the kind (29 for deepspeech).
+        ValueError: the array is not ``[F, 16, D]``, or its D contradicts the kind (:func:`fixed_dim`).
     """
     p = Path(path_or_dir)
     by_file = {k.filename: k.name for k in KINDS.values()}
@@ -317,6 +328,7 @@ def load_features(path_or_dir: PathLike, kind: Optional[str] = None, fps: float 
     if kind is None:
         raise ValueError(f"{p}: cannot tell the feature kind from the file name; pass kind=")
     windows = check_windows(np.load(p, allow_pickle=False), str(p))
-    if kind == "deepspeech" and windows.shape[2] != 29:
-        raise ValueError(f"{p}: DeepSpeech windows have D=29, this file has D={windows.shape[2]}")
+    dim = fixed_dim(kind)
+    if dim is not None and windows.shape[2] != dim:
+        raise ValueError(f"{p}: {kind} windows have D={dim}, this file has D={windows.shape[2]}")
     return AudioFeatures(windows=windows, kind=kind, fps=float(fps), source=str(p))

@@ -3,7 +3,8 @@
 ```
 <model_dir>/
 ├── config.json                                 the resolved TrainConfig
-├── model.json                                  audio kind/dim, image size, focal, dataset path
+├── model.json                                  audio kind/dim, image size, focal, dataset path[, what the
+│                                               audio predictor's fit chose: ModelInfo.lip_predictor]
 ├── dataset.json                                the dataset's path and fingerprint (gaussiantalker.train.fingerprint)
 ├── point_cloud/iteration_<k>/point_cloud.ply   3DGS vertex layout (x y z nx ny nz f_dc_* f_rest_* opacity
 │                                               scale_* rot_*), float32, binary little-endian
@@ -59,9 +60,16 @@ class ModelInfo:
     width: int
     height: int
     focal: float
+    lip_predictor: dict | None = None
+    """Kernel lip-code models: what the audio predictor's fit found for the clip (``audio_shift_frames``: the
+    sound-against-picture offset it reads the audio with; ``phone_weight``: the weight of a ``phonetic`` row's
+    articulation values, 0 when the phones did not help; ``cv_r_with_phones`` / ``cv_r_without_phones``: the
+    cross-validated r that chose it; ``cv_r_per_component`` and ``gain`` per code component). None otherwise."""
 
     def to_json(self) -> str:
         data = {"format": MODEL_FORMAT, "version": MODEL_VERSION, **self.__dict__}
+        if data["lip_predictor"] is None:
+            del data["lip_predictor"]
         return json.dumps(data, indent=2) + "\n"
 
     @classmethod
@@ -70,7 +78,8 @@ class ModelInfo:
             data = json.loads(path.read_text(encoding="utf-8"))
             return cls(audio_kind=str(data["audio_kind"]), audio_dim=int(data["audio_dim"]),
                        dataset_path=str(data["dataset_path"]), width=int(data["width"]),
-                       height=int(data["height"]), focal=float(data["focal"]))
+                       height=int(data["height"]), focal=float(data["focal"]),
+                       lip_predictor=data.get("lip_predictor"))
         except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"{path}: not a valid model.json ({exc})") from exc
 

@@ -170,6 +170,9 @@ class Trainer:
         self._bank: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
         self._folds_cv: torch.Tensor | None = None  # the kernel fit's out-of-fold predictions (raw), until used
         self._phone_weight: float | None = None  # phonetic datasets: the articulation values' weight chosen by CV
+        self._chosen_folds = None  # the folds the choice computed at the chosen weight, until the fit takes them
+        self._phone_scores: dict[str, float] | None = None  # the choice's cross-validated r with and without phones
+        self._lip_summary: dict[str, Any] | None = None  # what the predictor's fit chose, for model.json
         self._predicted: torch.Tensor | None = None  # _predicted_lips' cache
         self._train_row: dict[int, int] = {}  # image id -> row of the training split
         self.strategy: DensifyStrategy | None = None
@@ -365,9 +368,9 @@ class Trainer:
         model = self.model
         k = model.lip_dim
         self._align_clip_audio()
-        self._choose_phone_weight()
-        fit, true, cv = self._lip_kernel_folds()
+        fit, true, cv = self._folds()
         gain = torch.ones(k)
+        r: list[float] = []
         if cv is not None:
             r = [float(torch.corrcoef(torch.stack([cv[:, j], true[:, j]]))[0, 1]) for j in range(k)]
             # Only components the audio predicts (r >= 0.3) are amplified: scaling up the others adds noise.
@@ -381,6 +384,9 @@ class Trainer:
         model.lip_gain.copy_(gain.to(model.lip_gain.device))
         self._set_lip_range(true)
         self._folds_cv = cv
+        self._lip_summary = {"audio_shift_frames": int(model.clip_shift), "phone_weight": self._phone_weight if self.data.audio_kind == "phonetic" else None,
+                             "cv_r_per_component": [round(v, 4) for v in r],
+                             "gain": [round(float(v), 4) for v in gain], **(self._phone_scores or {})}
 
     def _align_clip_audio(self) -> None:
         """Measure the offset of the clip's sound against its picture (``lip_kernel_align``): the shift of the audio
@@ -446,19 +452,30 @@ lipkernel.measure_audio_shift`); the predictor is then fitted on each frame's au
         from ..lipsync import opening_readout, pearson
 
         opening = self._train_openings().numpy()
-        scores = {}
+        scores, folds = {}, {}
         for weight in (0.0, configured):
-            _, true, cv = self._lip_kernel_folds(self._kernel_weights(weight))
+            folds[weight] = self._lip_kernel_folds(self._kernel_weights(weight))
+            _, true, cv = folds[weight]
             if cv is None:  # too few frames to cross-validate: the configured weight
                 self._phone_weight = configured
                 return configured
             scores[weight] = pearson(opening_readout(true.numpy(), opening)(cv.numpy()), opening)
         better = scores[configured] > scores[0.0]  # NaN (a mouth that never moves) compares False: no phones
         self._phone_weight = configured if better else 0.0
+        self._chosen_folds = folds[self._phone_weight]
+        self._phone_scores = {"cv_r_with_phones": round(scores[configured], 4),
+                              "cv_r_without_phones": round(scores[0.0], 4)}
         log.info("lip code: cross-validated r of the mouth read from the audio %.3f with the recognised phones, "
                  "%.3f without: %s", scores[configured], scores[0.0],
                  f"phones weigh {configured:g}" if better else "the predictor reads the MFCC values only")
         return self._phone_weight
+
+    def _folds(self) -> tuple[Callable[[torch.Tensor | None], Any], torch.Tensor, torch.Tensor | None]:
+        """:meth:`_lip_kernel_folds` at the chosen phone weight: those :meth:`_choose_phone_weight` computed to
+        choose it (handed over once), else computed now."""
+        self._choose_phone_weight()
+        folds, self._chosen_folds = self._chosen_folds, None
+        return folds if folds is not None else self._lip_kernel_folds()
 
     def _use_clip_shift(self) -> None:
         """Read the clip's audio shifted by the model's ``clip_shift`` (a fresh run after measuring it, a resumed one
@@ -471,7 +488,7 @@ lipkernel.measure_audio_shift`); the predictor is then fitted on each frame's au
         if shift != self.data.audio_shift:
             self.data.audio_shift = shift
             self.train_split = self.data.split("train")
-            self._bank = None
+            self._bank = self._chosen_folds = None
 
     def _lip_kernel_folds(self, weights: torch.Tensor | None = None
                           ) -> tuple[Callable[[torch.Tensor | None], Any], torch.Tensor, torch.Tensor | None]:
@@ -522,7 +539,7 @@ lipkernel.measure_audio_shift`); the predictor is then fitted on each frame's au
         if not (float(self.config.optimization.lip_code_predicted_share) > 0 and model.lip_dim and model.lip_kernel):
             return None
         if self._predicted is None:
-            cv = self._folds_cv if self._folds_cv is not None else self._lip_kernel_folds()[2]
+            cv = self._folds_cv if self._folds_cv is not None else self._folds()[2]
             self._folds_cv = None
             if cv is None:
                 log.info("lip code: too few training frames for out-of-fold codes; the renderer sees tracked codes")
@@ -631,9 +648,12 @@ lipkernel.measure_audio_shift`); the predictor is then fitted on each frame's au
         self._broadcast_model()
         if not self.comm.is_main:
             return
+        summary = self._lip_summary
+        if summary is None and found and (self.model_dir / "model.json").is_file():
+            summary = ModelInfo.read(self.model_dir / "model.json").lip_predictor  # chosen by the fresh run
         info = ModelInfo(audio_kind=self.data.audio_kind, audio_dim=int(self.data.audio_dim),
                          dataset_path=str(Path(self.data.path).resolve()), width=int(self.data.width),
-                         height=int(self.data.height), focal=float(self.data.focal))
+                         height=int(self.data.height), focal=float(self.data.focal), lip_predictor=summary)
         save_model_info(self.model_dir, self.config, info)
 
     # ------------------------------------------------------------------ checkpoints
