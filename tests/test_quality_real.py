@@ -2,7 +2,7 @@
 shortened cpu_small; on its held-out frames (the last 1/11, never trained on) the rendered mouth must open and
 close with the real one. Skipped, saying why, without ../shared/data.
 
-Measured with the full cpu_small (1000 + 1000 iterations) in docs/quality.md; this test's shorter run (600 +
+Measured with the full cpu_small (1000 + 1250 iterations) in docs/quality.md; this test's shorter run (600 +
 500) is a floor that catches a regression to a still mouth (the original's audio path gave r = -0.19,
 amplitude 0.28 on these frames)."""
 

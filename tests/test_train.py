@@ -499,12 +499,14 @@ def test_each_rank_picks_its_rows_of_the_one_process_picks(dataset60, tmp_path):
 
 def test_a_predicted_share_without_the_kernel_predictor_is_reported_not_silently_dropped(dataset, tmp_path, caplog):
     with caplog.at_level("WARNING", logger="gaussiantalker.train.trainer"):
-        Trainer(TalkingHeadData.open(dataset), tiny("cpu_small", lip_predictor="network"), tmp_path / "m",
+        Trainer(TalkingHeadData.open(dataset), tiny("cpu_small", lip_predictor="network",
+                                                     lip_code_predicted_share=0.5), tmp_path / "m",
                 torch.device("cpu"), progress=False)
     assert "lip_code_predicted_share 0.50 is ignored" in caplog.text and "'network'" in caplog.text
     caplog.clear()
     with caplog.at_level("WARNING", logger="gaussiantalker.train.trainer"):
-        Trainer(TalkingHeadData.open(dataset), tiny("cpu_small"), tmp_path / "k", torch.device("cpu"), progress=False)
+        Trainer(TalkingHeadData.open(dataset), tiny("cpu_small", lip_code_predicted_share=0.5), tmp_path / "k",
+                torch.device("cpu"), progress=False)
     assert "is ignored" not in caplog.text
 
 
