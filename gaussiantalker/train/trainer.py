@@ -384,7 +384,8 @@ class Trainer:
         model.lip_gain.copy_(gain.to(model.lip_gain.device))
         self._set_lip_range(true)
         self._folds_cv = cv
-        self._lip_summary = {"audio_shift_frames": int(model.clip_shift), "phone_weight": self._phone_weight if self.data.audio_kind == "phonetic" else None,
+        phones = self._phone_weight if self.data.audio_kind == "phonetic" else None
+        self._lip_summary = {"audio_shift_frames": int(model.clip_shift), "phone_weight": phones,
                              "cv_r_per_component": [round(v, 4) for v in r],
                              "gain": [round(float(v), 4) for v in gain], **(self._phone_scores or {})}
 
