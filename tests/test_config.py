@@ -135,8 +135,9 @@ def test_overrides_and_json_round_trip(tmp_path):
 
 def test_replace_validates():
     cfg = load_config("cpu_small")
-    assert cfg.replace(iterations=3).optimization.iterations == 3
-    assert cfg.optimization.iterations == 1000
+    before = cfg.optimization.iterations
+    assert before != 3 and cfg.replace(iterations=3).optimization.iterations == 3
+    assert cfg.optimization.iterations == before  # replace leaves the original alone
     with pytest.raises(ConfigError):
         cfg.replace(batch_size=0)
     with pytest.raises(ConfigError, match="lip_code_predicted_share"):
