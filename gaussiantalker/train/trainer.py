@@ -170,7 +170,8 @@ class Trainer:
         self._bank: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
         self._folds_cv: torch.Tensor | None = None  # the kernel fit's out-of-fold predictions (raw), until used
         self._phone_weight: float | None = None  # phonetic datasets: the articulation values' weight chosen by CV
-        self._chosen_folds = None  # the folds the choice computed at the chosen weight, until the fit takes them
+        # the (fit, tracked, cv) the choice computed at the chosen weight, until the fit takes them
+        self._chosen_folds: tuple[Callable[[torch.Tensor | None], Any], torch.Tensor, torch.Tensor | None] | None = None
         self._phone_scores: dict[str, float] | None = None  # the choice's cross-validated r with and without phones
         self._lip_summary: dict[str, Any] | None = None  # what the predictor's fit chose, for model.json
         self._predicted: torch.Tensor | None = None  # _predicted_lips' cache
