@@ -374,7 +374,7 @@ class DemoResult:
     seconds: float  # wall-clock time of the whole run
 
 
-#: Fine-stage iterations of the demo: cpu_small's 1250 cost ~12 min on 2 cores; on this 8 s clip the training
+#: Fine-stage iterations of the demo: cpu_small's 1250 cost ~11 min on 2 cores; on this 8 s clip the training
 #: PSNR stops rising after ~600 (34.4 dB at 600, 34.5 at 1000, measured 2026-11-25), so the demo stays
 #: within 15 minutes.
 DEMO_ITERATIONS = 600
