@@ -26,6 +26,10 @@ ModelHiddenParams = dict(
     # regression fitted before training, lip_predictor="kernel", the default) and the attention's audio token
     # encodes that code; see docs/quality.md for the ablation that chose it.
     lip_code_dim=6,
+    # Each Gaussian around the mouth also answers the lip code on its own (a learnt linear response of its position,
+    # colour and opacity): through the shared token alone the widest mouths came out half open, teeth a pale band.
+    # Six runs (two clips, three seeds): mouth amplitude 0.69-0.87 -> 0.81-0.91, r >= 0.72 in all (docs/quality.md).
+    lip_blendshapes=True,
 )
 OptimizationParams = dict(
     # 1000 + 1250 iterations instead of 7999 + 10000 (1250 fine steps without dropout cost what 1000 with it did).
@@ -54,6 +58,9 @@ OptimizationParams = dict(
     # draws each code's own mouth, and the four development runs met r >= 0.7 with amplitude 0.78-0.87
     # (docs/quality.md).
     lip_code_predicted_share=0.0,
+    # The blendshapes' position bases at a tenth of the positions' rate: at the full rate the widest mouths broke
+    # into specks (small Gaussians by the lips wandering), at a tenth they stay whole and the lips still part.
+    lip_basis_xyz_lr_scale=0.1,
     depth_fine_tuning=True,
     canonical_tri_plane_factor_list=["opacity", "shs"],
     # One more SH band every 500 iterations (1000 in the original): degree 1 from coarse 500, 2 from fine 500;

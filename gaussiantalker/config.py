@@ -312,6 +312,10 @@ class OptimizationParams:
     """Ours (kernel lip predictor): the share of fine-stage frames that the renderer sees with their out-of-fold
     *predicted* lip code (from the predictor's 5-fold cross-validation, calibrated and clamped as at render time)
     instead of the tracked one, so that it also learns the codes it will get from audio (0 = tracked codes only)."""
+    lip_basis_xyz_lr_scale: float = 1.0
+    """Ours (``lip_blendshapes``): the position bases' learning rate as a fraction of the positions' own. Adam takes
+    a full step for every element whatever its gradient, so at the positions' rate the bases of small Gaussians by
+    the lips wander, and the widest mouths break into specks."""
     lip_code_augment: bool = True
     """Ours (lip-code models, mfcc features): the predictor also learns from the training audio with noise added and
     from silence / noise alone (-> the closed mouth): the kernel predictor fits them with the frames, the network
@@ -533,6 +537,8 @@ def validate(cfg: TrainConfig, origin: str = "<config>") -> None:
         bad("ModelHiddenParams.lip_predictor", f"must be 'kernel' or 'network', got {h.lip_predictor!r}")
     if o.open_mouth_repeat < 1:
         bad("OptimizationParams.open_mouth_repeat", f"must be >= 1, got {o.open_mouth_repeat}")
+    if not o.lip_basis_xyz_lr_scale >= 0.0:
+        bad("OptimizationParams.lip_basis_xyz_lr_scale", f"must be >= 0, got {o.lip_basis_xyz_lr_scale}")
     if not 0.0 <= o.lip_code_predicted_share <= 1.0:
         bad("OptimizationParams.lip_code_predicted_share", f"must be in [0, 1], got {o.lip_code_predicted_share}")
     if not o.lip_kernel_ridge > 0:

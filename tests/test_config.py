@@ -145,4 +145,18 @@ def test_replace_validates():
     for taper in (0.0, 1.5):
         with pytest.raises(ConfigError, match="lip_kernel_taper"):
             cfg.replace(lip_kernel_taper=taper)
+    with pytest.raises(ConfigError, match="lip_basis_xyz_lr_scale"):
+        cfg.replace(lip_basis_xyz_lr_scale=-0.1)
+
+
+def test_lip_bases_learning_rates():
+    # Each lip basis learns at its attribute's rate; the position bases at lip_basis_xyz_lr_scale of it.
+    from gaussiantalker.train.schedule import LearningRates
+
+    for scale in (1.0, 0.1):
+        cfg = load_config("cpu_small", lip_blendshapes=True, lip_basis_xyz_lr_scale=scale)
+        for step in (0, 700):
+            lrs = LearningRates(cfg, 0.3).at(step)
+            assert lrs["lip_basis_xyz"] == pytest.approx(scale * lrs["xyz"]) and lrs["xyz"] > 0
+            assert lrs["lip_basis_dc"] == lrs["f_dc"] and lrs["lip_basis_opacity"] == lrs["opacity"]
 

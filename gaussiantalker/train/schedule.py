@@ -45,6 +45,7 @@ class LearningRates:
         }
         # a lip basis moves an attribute per unit of (whitened) lip code: that attribute's learning rate
         lrs.update({name: lrs[group] for name, (_, _, group) in LIP_BASES.items()})
+        lrs["lip_basis_xyz"] *= o.lip_basis_xyz_lr_scale
         return lrs
 
     def apply(self, optimizer, step: int) -> None:
