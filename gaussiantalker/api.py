@@ -242,6 +242,7 @@ def render(
     paste_back: bool = False,
     assets: Optional[PathLike] = None,
     callback: Optional[ProgressCallback] = None,
+    close_in_silence: Optional[bool] = None,
 ) -> RenderResult:
     """Render the model's person saying ``audio``: an mp4 with the audio track.
 
@@ -267,6 +268,9 @@ def render(
             model was trained on those features).
         callback: called with a :class:`Progress` after every rendered batch (see
             :mod:`gaussiantalker.progress`); an exception it raises stops the render (no file is left).
+        close_in_silence: close the mouth where the audio is silent: ``True`` always, ``False`` never, ``None``
+            (default) as training chose for this person (closed, unless the training video shows them holding the
+            mouth open in their own pauses; ``docs/quality.md``). Models trained before 2026-12-07 never close it.
 
     Returns:
         ``RenderResult`` (``.path``, ``.frames``, ``.seconds``, ``.fps``); a list of them for several files.
@@ -297,7 +301,7 @@ def render(
             device = rank_device(device)
         results = render_many(model, files, batch_size=batch_size, iteration=iteration, pose=pose, device=device,
                               workspace=workspace, progress=progress, paste_back=paste_back, out=out,
-                              per_file=many, assets=assets)
+                              per_file=many, assets=assets, close_in_silence=close_in_silence)
         return results if many else results[0]
     if devices is not None:  # one file cannot be sharded: the first device renders it
         log.info("one audio file: rendering on %s (give several files or a folder to use every device)", devices[0])
@@ -313,7 +317,8 @@ def render(
     if assets is not None and not isinstance(model, Talker):
         model = load_talker(model, iteration=iteration, device=dev, workspace=workspace, assets=assets)
     return run(model, audio, out=out, batch_size=batch_size, iteration=iteration, pose=pose, device=dev,
-               workspace=workspace, progress=progress, paste_back=paste_back, callback=callback)
+               workspace=workspace, progress=progress, paste_back=paste_back, callback=callback,
+               close_in_silence=close_in_silence)
 
 
 def load(model_dir: Any, iteration: Optional[int] = None, device: str = "auto",

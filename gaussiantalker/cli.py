@@ -233,6 +233,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="head motion: the training video's (track, default) or none (static)")
     p.add_argument("--paste_back", "--paste-back", action="store_true",
                    help="paste the face back into the full original frames (cropped videos)")
+    p.add_argument("--close_in_silence", "--close-in-silence", choices=("auto", "yes", "no"), default="auto",
+                   help="close the mouth where the audio is silent: auto (default: as training chose for this "
+                        "person), yes, no")
     p.add_argument("--out", metavar="MP4", help="output video (default <model>/renders/output.mp4)")
 
     p = _sub(subs, "preprocess", "turn a video into a training dataset", common)
@@ -372,7 +375,8 @@ def _cmd_infer(args) -> int:
     audio = args.audio_path[0] if len(args.audio_path) == 1 else list(args.audio_path)
     result = api.render(name, audio, out=args.out, batch_size=args.batch_size, iteration=args.iteration,
                         pose=args.pose, device=args.gpu, workspace=ws.root, progress=_progress(args),
-                        paste_back=args.paste_back, assets=args.assets)
+                        paste_back=args.paste_back, assets=args.assets,
+                        close_in_silence={"auto": None, "yes": True, "no": False}[args.close_in_silence])
     for r in result if isinstance(result, list) else [result]:
         if _main_rank():
             print(f"video: {r.path}")

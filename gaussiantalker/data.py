@@ -584,6 +584,18 @@ class TalkingHeadData:
                 aud[img_id] = aud_id
         return self.audio_rows_of(aud)
 
+    def frame_voice(self) -> np.ndarray | None:
+        """``[num_frames]`` float64: the voice activity (:mod:`gaussiantalker.audio.voice`) of the audio each frame
+        ``img_id`` is read with (:meth:`frame_audio_rows`), from the dataset's ``aud.wav``; None without that file."""
+        from .audio import load_audio
+        from .audio.voice import voice_activity
+
+        wav = self.path / "aud.wav"
+        if not wav.is_file():
+            return None
+        voice = voice_activity(load_audio(wav), int(self.audio.shape[0]))
+        return voice[self.frame_audio_rows().numpy()]
+
     def point_cloud(self) -> tuple[Tensor, Tensor]:
         """Initial point cloud: ``xyz [N, 3]`` scene units, ``rgb [N, 3]`` in [0, 1].
 

@@ -186,7 +186,11 @@ def evaluate(model, iteration: Optional[int] = None, device="auto", workspace: O
         real = _FrameStore(n, talker.height, talker.width, tmp, "real")
         tracked = _FrameStore(n, talker.height, talker.width, tmp, "tracked") if talker.model.lip_dim else None
         base = _mean_training_frame(talker)
-        per = _render_and_score(talker, split, ours, real, base, batch_size, assets, progress, tracked)
+        voice = talker.full.frame_voice() if talker.gates_silence else None
+        if talker.gates_silence and voice is None:
+            notes.append(f"the mouth is not closed in the clip's silences here: {talker.full.path / 'aud.wav'} is "
+                         "missing, and the voice activity is read from it")
+        per = _render_and_score(talker, split, ours, real, base, batch_size, assets, progress, tracked, voice)
         if per["lpips"] is None:
             notes.append("LPIPS not computed: its weights are not in the asset folder (see `gaussiantalker assets`)")
         backend = _lmd_backend(talker.data.meta, notes)
@@ -321,10 +325,12 @@ def _face_box(lms: np.ndarray, height: int, width: int) -> tuple:
 
 
 def _render_and_score(talker, split, ours: _FrameStore, real: _FrameStore, base: torch.Tensor, batch_size: int,
-                      assets, progress: bool, tracked: Optional[_FrameStore] = None) -> dict:
+                      assets, progress: bool, tracked: Optional[_FrameStore] = None,
+                      voice: Optional[np.ndarray] = None) -> dict:
     """Render the split as a user gets it into ``ours`` (its targets into ``real``) and score each frame; with
     ``tracked`` (lip-code models) also render it from the frames' tracked lip codes there, and keep the codes
-    (``per["codes_predicted"]``, ``per["codes_tracked"]``, ``[n, K]``)."""
+    (``per["codes_predicted"]``, ``per["codes_tracked"]``, ``[n, K]``). ``voice``: the voice activity of each
+    ``img_id``'s audio (``TalkingHeadData.frame_voice``), for a model that closes the mouth in silences."""
     from tqdm.auto import tqdm
 
     from .data import _read_lms, collate
@@ -339,12 +345,16 @@ def _render_and_score(talker, split, ours: _FrameStore, real: _FrameStore, base:
 
     def one(a: int, b: int):
         batch = collate([split[k] for k in range(a, b)])
-        comp = talker.compose(batch.audio, batch.eye[:, 0], batch.c2w, batch.bg_torso)
+        v = None if voice is None else torch.from_numpy(voice[batch.img_id.numpy()].astype(np.float32))
+        comp = talker.compose(batch.audio, batch.eye[:, 0], batch.c2w, batch.bg_torso, voice=v)
         extra = None
         if tracked is not None:
             codes = batch.lips[:, :lip_dim]
             with torch.no_grad():
-                predicted = talker.model.lip_code(batch.audio.to(talker.device)).cpu()
+                predicted = talker.model.lip_code(batch.audio.to(talker.device))
+                if v is not None:
+                    predicted = talker.model.gate_lips(predicted, v.to(talker.device))
+                predicted = predicted.cpu()
             from_codes = talker.compose(batch.audio, batch.eye[:, 0], batch.c2w, batch.bg_torso, lips=codes)
             extra = (to_uint8(from_codes.image.clamp(0, 1).cpu()), predicted, codes)
         return comp.image.clamp(0, 1).cpu(), comp.alpha.cpu(), batch, extra

@@ -205,6 +205,10 @@ class Talker:
         #: "utterance": a driving audio's features are brought to the training clip's speech statistics (per
         #: channel mean / std) before the model reads them; "none": used as they are.
         self.audio_norm = "none"
+        #: Close the mouth where the driving audio is silent (gaussiantalker.audio.voice; lip-code models that know
+        #: their subject's closed mouth): None = as training chose for this subject (closed, unless the subject holds
+        #: the mouth open in its own pauses), True = always, False = never (the mouth the audio predicts there).
+        self.close_in_silence: Optional[bool] = None
         self._extractor = _check_feature_kind(self.audio_kind, self.audio_dim, self.model_dir, assets)
         self.source: Optional[Path] = None  # the export file, for a Talker loaded from one
         self.frame_ids, self.c2w, self.eye = pose_track(data)
@@ -233,14 +237,41 @@ class Talker:
             return w
         return feats.windows
 
+    @property
+    def gates_silence(self) -> bool:
+        """Whether renders close the mouth in the driving audio's silences by default (:attr:`close_in_silence`, else
+        the model's choice; never for a model that does not know its subject's closed mouth)."""
+        return self._gates(None)
+
+    def _gates(self, choice: Optional[bool]) -> bool:
+        """Whether a render asked ``close_in_silence=choice`` (None: :attr:`close_in_silence`) closes the mouth."""
+        if choice is None:
+            choice = self.close_in_silence
+        if choice is None:
+            return self.model.closes_in_silence
+        return bool(choice) and self.model.has_silence_gate
+
+    def voice(self, samples: np.ndarray, num_frames: int,
+              close_in_silence: Optional[bool] = None) -> Optional[np.ndarray]:
+        """``[num_frames]`` voice activity of ``samples`` (16 kHz) per output frame, or None when the render does not
+        close the mouth in silences (``close_in_silence``, as for :meth:`render`); see
+        :mod:`gaussiantalker.audio.voice`."""
+        if not self._gates(close_in_silence):
+            return None
+        from .audio.voice import voice_activity
+
+        return voice_activity(samples, num_frames, fps=FPS)
+
     def render_frames(self, windows: Tensor, frames: np.ndarray, schedule: PoseSchedule,
-                      offset: int = 0, timings: Optional[RenderTimings] = None) -> Tensor:
+                      offset: int = 0, timings: Optional[RenderTimings] = None,
+                      voice: Optional[np.ndarray] = None) -> Tensor:
         """Render output frames ``frames`` ``[B]`` (ints).
 
         Args:
             windows: ``[M, 16, D]`` audio windows; row ``r`` belongs to output frame ``offset + r``
                 (rows before it or past its end read zeros, as at the ends of the audio).
             schedule: the pose schedule.
+            voice: ``[M]`` voice activity aligned with ``windows`` (:meth:`voice`), or None (not gated).
         Returns:
             ``[B, 3, H, W]`` float32 images in [0, 1] on the model's device.
         """
@@ -255,11 +286,13 @@ class Talker:
         c2w = blend_c2w(self.c2w[i0], self.c2w[i1], wt)
         eye = (1 - wt) * self.eye[i0] + wt * self.eye[i1]
         bg = torch.stack([self._background(a, b, float(x)) for a, b, x in zip(i0, i1, w)])
+        v = None if voice is None else torch.from_numpy(np.asarray(voice, np.float32)[idx.clamp(0, len(voice) - 1).numpy()])
         tm.data += time.perf_counter() - t0
-        return self.compose(audio, eye, c2w, bg, tm).image
+        return self.compose(audio, eye, c2w, bg, tm, voice=v).image
 
     def compose(self, audio: Tensor, eye: Tensor, c2w: Tensor, background: Tensor,
-                timings: Optional[RenderTimings] = None, lips: Optional[Tensor] = None) -> Composite:
+                timings: Optional[RenderTimings] = None, lips: Optional[Tensor] = None,
+                voice: Optional[Tensor] = None) -> Composite:
         """Render B frames from their conditions and composite them over their backgrounds.
 
         Args:
@@ -268,6 +301,7 @@ class Talker:
             background: ``[B, 3, height, width]`` torso-over-background images at the output size.
             lips: ``[B, K]`` lip codes to use instead of the ones predicted from the audio (lip-code models; e.g.
                 the tracked codes, to see what the renderer alone makes of them).
+            voice: ``[B]`` voice activity of the frames (:meth:`voice`): the predicted mouth is closed where it is 0.
         Returns:
             :class:`Composite`: ``image [B, 3, height, width]`` and the head's ``alpha [B, 1, height, width]``.
         """
@@ -280,7 +314,7 @@ class Talker:
         t0 = time.perf_counter()
         cam = camera_condition(c2w.double()).float()  # as the dataset computes it
         cameras = cameras_from_transforms(c2w.to(self.device), self.focal, self.render_width, self.render_height)
-        cond = Conditions(audio, eye.reshape(-1, 1).float(), cam, lips).to(self.device)
+        cond = Conditions(audio, eye.reshape(-1, 1).float(), cam, lips, voice).to(self.device)
         bg = background.to(self.device)
         upsample = (self.render_width, self.render_height) != (self.width, self.height)
         # A smaller head render goes over an empty (zero) background: its pixels are then the premultiplied
@@ -310,8 +344,8 @@ class Talker:
         return (1 - w) * a + w * self._bg[i1]
 
     def _frames(self, windows: np.ndarray, total: int, schedule: PoseSchedule, batch_size: int,
-                timings: RenderTimings, progress: bool,
-                callback: Optional[ProgressCallback] = None) -> Iterator[np.ndarray]:
+                timings: RenderTimings, progress: bool, callback: Optional[ProgressCallback] = None,
+                voice: Optional[np.ndarray] = None) -> Iterator[np.ndarray]:
         """``[b, H, W, 3]`` uint8 batches of output frames ``0 .. total-1``."""
         from tqdm.auto import tqdm
 
@@ -320,7 +354,7 @@ class Talker:
         bar = tqdm(total=total, unit="frame", desc="render", disable=not progress)
         try:
             def one(start: int, stop: int) -> Tensor:
-                return self.render_frames(win, np.arange(start, stop), schedule, timings=timings)
+                return self.render_frames(win, np.arange(start, stop), schedule, timings=timings, voice=voice)
 
             for start, stop, images in run_batches(one, total, batch_size):
                 t = time.perf_counter()
@@ -335,23 +369,28 @@ class Talker:
         finally:
             bar.close()
 
-    def frames(self, audio, batch_size: int = 128, pose: str = "track") -> Iterator[np.ndarray]:
+    def frames(self, audio, batch_size: int = 128, pose: str = "track",
+               close_in_silence: Optional[bool] = None) -> Iterator[np.ndarray]:
         """The frames :meth:`render` would encode, as ``[H, W, 3]`` uint8 RGB arrays (no file written).
 
         Args:
             audio: a media file, or ``[T]`` float32 samples at 16 kHz.
+            close_in_silence: as for :meth:`render`.
         """
         from .audio import load_audio
 
-        windows = self.features(_as_samples(audio, load_audio))
+        samples = _as_samples(audio, load_audio)
+        windows = self.features(samples)
+        voice = self.voice(samples, int(windows.shape[0]), close_in_silence)
         schedule = PoseSchedule(self.length, pose)
-        for batch in self._frames(windows, int(windows.shape[0]), schedule, batch_size, RenderTimings(), False):
+        for batch in self._frames(windows, int(windows.shape[0]), schedule, batch_size, RenderTimings(), False,
+                                  voice=voice):
             yield from batch
 
     # ---------------------------------------------------------------------------------------------
     def render(self, audio, out: Optional[PathLike] = None, batch_size: int = 128, pose: str = "track",
                progress: bool = True, paste_back: bool = False,
-               callback: Optional[ProgressCallback] = None) -> RenderResult:
+               callback: Optional[ProgressCallback] = None, close_in_silence: Optional[bool] = None) -> RenderResult:
         """Render ``audio`` (a media file, or ``[T]`` float32 samples at 16 kHz) to an mp4 with sound.
 
         Args:
@@ -363,6 +402,9 @@ class Talker:
                 full frames (only for datasets that preprocessing cropped).
             callback: called with a :class:`~gaussiantalker.progress.Progress` (stage ``"render"``) after every
                 batch; an exception it raises stops the render (nothing is left at ``out``).
+            close_in_silence: close the mouth where the audio is silent (True), never (False), or None: as
+                :attr:`close_in_silence` says, by default the model's choice (closed, unless its subject holds the
+                mouth open in its own pauses: :attr:`GaussianTalkerModel.closes_in_silence`).
         Returns:
             :class:`RenderResult`; ``frames == round(25 x audio seconds)``.
         Raises:
@@ -377,8 +419,9 @@ class Talker:
         samples = _as_samples(audio, load_audio)
         t = time.perf_counter()
         windows = self.features(samples)
-        timings.features = time.perf_counter() - t
         total = int(windows.shape[0])
+        voice = self.voice(samples, total, close_in_silence)
+        timings.features = time.perf_counter() - t
         target = Path(out) if out is not None else self.model_dir / "renders" / "output.mp4"
         crop = self._crop() if paste_back else None
         tmp_wav = None
@@ -390,7 +433,7 @@ class Talker:
                 tmp_wav = target.parent / f".{target.stem}.audio.wav"
                 write_wav(tmp_wav, samples)
                 mux = tmp_wav
-            gen = self._frames(windows, total, schedule, batch_size, timings, progress, callback)
+            gen = self._frames(windows, total, schedule, batch_size, timings, progress, callback, voice)
             counted: Dict[str, int] = {}
 
             def write_main(tmp_main: Path) -> None:
@@ -453,7 +496,7 @@ class Talker:
         return j
 
     def stream(self, audio_chunks: Iterable[np.ndarray], sample_rate: int = SAMPLE_RATE, pose: str = "track",
-               batch_size: int = 32) -> Iterator[np.ndarray]:
+               batch_size: int = 32, close_in_silence: Optional[bool] = None) -> Iterator[np.ndarray]:
         """Yield ``[H, W, 3]`` uint8 RGB frames (25 fps) as audio chunks arrive.
 
         Args:
@@ -461,28 +504,35 @@ class Talker:
             sample_rate: must be 16000 (resample before streaming).
             pose: as for :meth:`render`.
             batch_size: most frames per deformation/rasterizer call.
+            close_in_silence: as for :meth:`render`.
         The frames equal :meth:`render`'s frames for the same audio. Frame ``k`` is yielded once the
         audio reaches ``k / 25 s + look-ahead``: the features' look-ahead (0.1525 s for mfcc) plus 3
         frames (0.12 s) because frame ``k`` reads the windows of frames ``k-4 .. k+3``; the last frames
         come when the iterator of chunks ends.
         """
         from .audio import StreamingFeatures
+        from .audio.voice import StreamingVoice
 
         if int(sample_rate) != SAMPLE_RATE:
             raise ValueError(f"stream() takes 16 kHz audio, got sample_rate={sample_rate}: resample the chunks first")
         feats = StreamingFeatures(self._extractor, fps=FPS)
+        gate = StreamingVoice(fps=FPS) if self._gates(close_in_silence) else None
         schedule = PoseSchedule(self.length, pose)
         buf = np.zeros((0, WINDOW_ROWS, self.audio_dim), np.float32)  # windows of frames buf_start ..
+        voice = np.zeros(0, np.float64)  # voice activity of frames buf_start .. (gated renders)
         buf_start, done = 0, 0
 
         def emit(stop: int) -> Iterator[np.ndarray]:
-            nonlocal buf, buf_start, done
+            nonlocal buf, voice, buf_start, done
+            if gate is not None:  # a frame waits for its voice activity too (it comes sooner than the windows)
+                stop = min(stop, buf_start + voice.shape[0])
             if stop <= done:
                 return
             win = torch.from_numpy(np.ascontiguousarray(buf))
+            v = voice if gate is not None else None
 
             def one(a: int, b: int) -> Tensor:
-                return self.render_frames(win, np.arange(done + a, done + b), schedule, offset=buf_start)
+                return self.render_frames(win, np.arange(done + a, done + b), schedule, offset=buf_start, voice=v)
 
             for _, _, images in run_batches(one, stop - done, batch_size):
                 yield from to_uint8(images)
@@ -490,16 +540,21 @@ class Talker:
             # Keep the windows that later frames still read (frame k reads k-4 .. k+3).
             keep = max(0, done - CONTEXT_BEFORE) - buf_start
             if keep > 0:
-                buf, buf_start = buf[keep:], buf_start + keep
+                buf, voice, buf_start = buf[keep:], voice[keep:], buf_start + keep
 
         for chunk in audio_chunks:
-            new = feats.push(np.asarray(chunk, dtype=np.float32).reshape(-1))
+            x = np.asarray(chunk, dtype=np.float32).reshape(-1)
+            new = feats.push(x)
             if new.shape[0]:
                 buf = np.concatenate([buf, new])
+            if gate is not None:
+                voice = np.concatenate([voice, gate.push(x)])
             yield from emit(buf_start + buf.shape[0] - CONTEXT_AFTER)
         rest = feats.finish()
         if rest.shape[0]:
             buf = np.concatenate([buf, rest])
+        if gate is not None:
+            voice = np.concatenate([voice, gate.finish(buf_start + buf.shape[0])])
         yield from emit(buf_start + buf.shape[0])
 
     def _crop(self):
@@ -566,13 +621,14 @@ def load(model_dir, iteration: Optional[int] = None, device="auto", workspace: O
 
 def render(model, audio, out: Optional[PathLike] = None, batch_size: int = 128, iteration: Optional[int] = None,
            pose: str = "track", device="auto", workspace: Optional[PathLike] = None, progress: bool = True,
-           paste_back: bool = False, callback: Optional[ProgressCallback] = None) -> RenderResult:
+           paste_back: bool = False, callback: Optional[ProgressCallback] = None,
+           close_in_silence: Optional[bool] = None) -> RenderResult:
     """Render a talking-head video of ``audio`` with a trained model.
 
     Args:
         model: a :class:`Talker`, a :class:`gaussiantalker.train.Model`, a model folder or a model name.
         audio: any media file with an audio stream, or ``[T]`` float32 samples at 16 kHz.
-        out, batch_size, pose, progress, paste_back, callback: see :meth:`Talker.render`.
+        out, batch_size, pose, progress, paste_back, callback, close_in_silence: see :meth:`Talker.render`.
         iteration, device, workspace: see :func:`load` (ignored for a :class:`Talker`, except that a
             different ``iteration`` is an error).
     Returns:
@@ -585,7 +641,7 @@ def render(model, audio, out: Optional[PathLike] = None, batch_size: int = 128, 
     else:
         talker = load(model, iteration=iteration, device=device, workspace=workspace)
     return talker.render(audio, out=out, batch_size=batch_size, pose=pose, progress=progress, paste_back=paste_back,
-                         callback=callback)
+                         callback=callback, close_in_silence=close_in_silence)
 
 
 #: File name endings taken from an audio folder (any media file with an audio stream works when named).
@@ -622,11 +678,11 @@ def render_many(model, audio: Union[PathLike, Sequence[PathLike]], batch_size: i
                 iteration: Optional[int] = None, pose: str = "track", device: Any = "auto",
                 workspace: Optional[PathLike] = None, progress: bool = True, paste_back: bool = False,
                 out: Optional[PathLike] = None, per_file: bool = True,
-                assets: Optional[PathLike] = None) -> List[RenderResult]:
+                assets: Optional[PathLike] = None, close_in_silence: Optional[bool] = None) -> List[RenderResult]:
     """Render many audio files, each to ``<model>/renders/<audio stem>.mp4`` (or ``out/<stem>.mp4``: ``out`` is a
     folder), sharded across the ranks of a data-parallel launch (``docs/distributed.md``). ``per_file=False``
     (one file): it renders to ``out`` or :meth:`Talker.render`'s default ``renders/output.mp4``. ``assets``: see
-    :func:`load`.
+    :func:`load`; ``close_in_silence``: see :meth:`Talker.render`.
 
     One process: every file here, the model loaded once. Under ``torchrun``: rank r renders files r, r + N, ...
     on its device and every rank returns all results (gathered). ``device`` a list (``"GPU0,GPU1"``,
@@ -646,7 +702,8 @@ def render_many(model, audio: Union[PathLike, Sequence[PathLike]], batch_size: i
         results = launch(render_many, devices, str(ref), [str(f) for f in files], batch_size=batch_size,
                          iteration=iteration, pose=pose, workspace=None if workspace is None else str(workspace),
                          progress=progress, paste_back=paste_back, out=None if out is None else str(out),
-                         per_file=per_file, assets=None if assets is None else str(assets))
+                         per_file=per_file, assets=None if assets is None else str(assets),
+                         close_in_silence=close_in_silence)
         return results[0]
     dev = resolve_device(this_rank_device(device))
     comm = init(dev) if launched() else SINGLE
@@ -660,7 +717,7 @@ def render_many(model, audio: Union[PathLike, Sequence[PathLike]], batch_size: i
             log.info("rank %d of %d: rendering %s", comm.rank, comm.world, path)
             target = folder / f"{path.stem}.mp4" if per_file else out
             done.append((index, talker.render(path, out=target, batch_size=batch_size, pose=pose, progress=progress,
-                                              paste_back=paste_back)))
+                                              paste_back=paste_back, close_in_silence=close_in_silence)))
     gathered = [pair for part in comm.gather_objects(done, what="render results") for pair in part]
     return [result for _, result in sorted(gathered, key=lambda pair: pair[0])]
 

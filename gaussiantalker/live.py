@@ -194,9 +194,11 @@ class IdleFrames:
                 return n
         return None
 
-    def render(self, frames: np.ndarray, windows: Optional[np.ndarray] = None, offset: int = 0) -> np.ndarray:
+    def render(self, frames: np.ndarray, windows: Optional[np.ndarray] = None, offset: int = 0,
+               voice: Optional[np.ndarray] = None) -> np.ndarray:
         """``[B, H, W, 3]`` uint8 frames at pose positions ``frames`` with audio ``windows`` (``[M, 16, D]``,
-        row ``r`` for frame ``offset + r``; None: silence)."""
+        row ``r`` for frame ``offset + r``; None: silence) and their voice activity ``voice`` (``[M]``; None: not
+        gated, or silence when ``windows`` is None and the talker closes the mouth in silences)."""
         from .data import audio_context
 
         t = self.talker
@@ -205,6 +207,11 @@ class IdleFrames:
             audio = torch.from_numpy(self.silence).expand(len(frames), 8, *self.silence.shape)
         else:
             audio = audio_context(torch.from_numpy(windows), torch.as_tensor(frames - offset))
+        v = None
+        if windows is None and t.gates_silence:
+            v = torch.zeros(len(frames))
+        elif voice is not None:
+            v = torch.from_numpy(voice[np.clip(frames - offset, 0, len(voice) - 1)].astype(np.float32))
         i0, i1, w = self.schedule.neighbours(frames)
         wt = torch.from_numpy(w)
         c2w = blend_c2w(t.c2w[i0], t.c2w[i1], wt)
@@ -212,7 +219,7 @@ class IdleFrames:
         bg = torch.stack([t._background(a, b, float(x)) for a, b, x in zip(i0, i1, w)])
         with self.lock:
             start = time.perf_counter()
-            image = t.compose(audio.contiguous(), eye, c2w, bg).image
+            image = t.compose(audio.contiguous(), eye, c2w, bg, voice=v).image
             out = to_uint8(image)
             if self._renders > 0:  # the first call warms up (seconds on a CPU): not a measure of speed
                 self._times.append((time.perf_counter() - start) / max(1, len(frames)))
@@ -235,8 +242,8 @@ def _silence_window(talker: Talker) -> np.ndarray:
 class _Plan:
     """The audio windows of the current utterance over the session clock (frames ``offset + r``)."""
 
-    def __init__(self, utt: Utterance, windows: np.ndarray, offset: int) -> None:
-        self.utt, self.windows, self.offset = utt, windows, offset
+    def __init__(self, utt: Utterance, windows: np.ndarray, offset: int, voice: Optional[np.ndarray]) -> None:
+        self.utt, self.windows, self.offset, self.voice = utt, windows, offset, voice
 
 
 class LiveSession:
@@ -407,7 +414,7 @@ class LiveSession:
         x16 = _resample(x, int(sample_rate), SAMPLE_RATE)
         speech_frames = max(1, int(round(x16.shape[0] / SAMPLE_RATE * FPS)))
         t = time.perf_counter()
-        windows = self._windows(x16, speech_frames)
+        windows, voice = self._windows(x16, speech_frames)
         features_s = time.perf_counter() - t
         out = _resample(x16, SAMPLE_RATE, self.audio_rate)
         with self._cond:
@@ -417,7 +424,7 @@ class LiveSession:
             self._ids += 1
             utt = Utterance(self._ids, start, speech_frames, out, created, features_s)
             self._utts.append(utt)
-            self._plans.append(_Plan(utt, windows, start - PAD_BEFORE))
+            self._plans.append(_Plan(utt, windows, start - PAD_BEFORE, voice))
             self._changed(start)
             self.stats.utterances += 1
         return utt
@@ -454,19 +461,21 @@ class LiveSession:
             utt.samples = samples
             utt.speech_frames = cut - utt.start_frame
             x16 = _resample(samples, self.audio_rate, SAMPLE_RATE)
-        windows = self._windows(x16, utt.speech_frames)
+        windows, voice = self._windows(x16, utt.speech_frames)
         with self._cond:
             if first in self._plans:
-                first.windows = windows
+                first.windows, first.voice = windows, voice
                 self._changed(video_cut)
         return utt
 
-    def _windows(self, x16: np.ndarray, speech_frames: int) -> np.ndarray:
-        """Audio windows of ``[PAD_BEFORE frames of silence, speech, PAD_AFTER frames of silence]``."""
+    def _windows(self, x16: np.ndarray, speech_frames: int) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+        """Audio windows of ``[PAD_BEFORE frames of silence, speech, PAD_AFTER frames of silence]`` and their voice
+        activity (None when the talker does not close the mouth in silences)."""
         spf = SAMPLE_RATE // int(FPS)
         padded = np.concatenate([np.zeros(PAD_BEFORE * spf, np.float32), x16[: speech_frames * spf],
                                  np.zeros(PAD_AFTER * spf, np.float32)])
-        return np.ascontiguousarray(self.talker.features(padded), dtype=np.float32)
+        windows = np.ascontiguousarray(self.talker.features(padded), dtype=np.float32)
+        return windows, self.talker.voice(padded, int(windows.shape[0]))
 
     def _changed(self, first: int) -> None:
         """The plans changed from frame ``first`` on (lock held): frames from there are rendered again."""
@@ -507,7 +516,7 @@ class LiveSession:
                         image, rendered = self.idle.render(np.array([n]))[0], True
                         self.idle.put(n, image)
                 else:
-                    image, rendered = self.idle.render(np.array([n]), plan.windows, plan.offset)[0], True
+                    image, rendered = self.idle.render(np.array([n]), plan.windows, plan.offset, plan.voice)[0], True
                 self._store(n, plan, gen, image, rendered, time.perf_counter() - t)
         except BaseException as exc:  # noqa: BLE001 - kept for the owner; frame() goes on with the last image
             log.exception("live session worker stopped")

@@ -45,8 +45,19 @@ def model_folder(dataset: Path, out: Path, config: Optional[str] = None, iterati
     model.start_fine()
     with torch.no_grad():
         model.opacity.fill_(2.0)  # visible
-        for p in model.audio_encoder.parameters():  # random init barely separates audio windows: amplify
-            p.mul_(2.0)
+        if not model.lip_kernel:
+            for p in model.audio_encoder.parameters():  # random init barely separates audio windows: amplify
+                p.mul_(2.0)
+        else:  # a lip code that follows the audio: the kernel predictor fitted to a random projection of it
+            from gaussiantalker.data import audio_context
+
+            audio = audio_context(data.audio, torch.arange(data.audio.shape[0]))
+            codes = audio[:, 4].flatten(1) @ torch.randn(audio[:, 4].flatten(1).shape[1], model.lip_dim) * 0.05
+            model.lip_regression.fit(audio, codes)
+            model.lip_closed.copy_(codes.min(0).values - 1.0)  # a closed mouth unlike any the audio predicts
+            model.lip_gate.fill_(1.0)  # renders close the mouth in silences unless told otherwise
+            last = [m for m in model.lip_encoder.modules() if isinstance(m, torch.nn.Linear)][-1]
+            last.weight.normal_(0.0, 1.0)
         for name, seq in model.offset_heads.items():
             last = [m for m in seq.modules() if isinstance(m, torch.nn.Linear)][-1]
             # Colour offsets big enough to see, geometry offsets small (the head stays a head).
@@ -66,6 +77,15 @@ def audio_model(tmp_path_factory) -> Path:
         root = tmp_path_factory.mktemp("gt_audio_model")
         _CACHE["audio"] = model_folder(synthetic(root), root / "output" / "tiny")
     return _CACHE["audio"]
+
+
+def lip_model(tmp_path_factory) -> Path:
+    """A ``cpu_small`` (kernel lip-code) model whose code follows the audio, with a closed-mouth code: the silence
+    gate's tests."""
+    if "lip" not in _CACHE:
+        root = tmp_path_factory.mktemp("gt_lip_model")
+        _CACHE["lip"] = model_folder(synthetic(root), root / "output" / "tiny", config="cpu_small", head_scale=0.0)
+    return _CACHE["lip"]
 
 
 def trained_model(tmp_path_factory) -> Path:

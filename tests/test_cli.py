@@ -137,6 +137,7 @@ def test_design_infer_lines(line, recorders, capsys):
     assert kw["batch_size"] == (256 if "--batch_size 256" in line else 128)
     assert kw["iteration"] == (15000 if "--iteration 15000" in line else None)
     assert kw["pose"] == "track" and kw["paste_back"] is False and kw["out"] is None
+    assert kw["close_in_silence"] is None  # the model's choice
     assert "out.mp4" in capsys.readouterr().out
 
 
@@ -154,6 +155,9 @@ def test_other_commands_reach_their_function(recorders, monkeypatch, capsys):
                      "--pose", "static", "--paste_back", "--out", "x.mp4"]) == 0
     (args, kw), = recorders["render"].calls
     assert kw["workspace"] == Path("ws2") and kw["pose"] == "static" and kw["paste_back"] and kw["out"] == "x.mp4"
+    for word, value in (("yes", True), ("no", False), ("auto", None)):
+        assert cli.main(["infer", "--model_dir", "obama", "--audio_path", "speech.wav", "--close_in_silence", word]) == 0
+        assert recorders["render"].calls[-1][1]["close_in_silence"] is value
     # demo
     import gaussiantalker.demo as demo
 

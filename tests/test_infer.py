@@ -8,7 +8,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from _infer_helpers import audio_model, model_folder, synthetic, trained_model
+from _infer_helpers import audio_model, lip_model, model_folder, synthetic, trained_model
 
 from gaussiantalker.audio import frame_count, load_audio, write_wav
 from gaussiantalker.infer import FeatureKindUnavailableError, is_out_of_memory, load, render, run_batches
@@ -204,6 +204,94 @@ def test_stream_equals_offline(audio_talker):
     assert np.array_equal(np.stack(got2), np.stack(list(talker.frames(short))))
     with pytest.raises(ValueError, match="16 kHz"):
         next(talker.stream(iter(chunks), sample_rate=48000))
+
+
+# --------------------------------------------------------------------------------------------------
+# closing the mouth in silences (lip-code models)
+
+
+@pytest.fixture(scope="module")
+def lip_talker(tmp_path_factory):
+    talker = load(lip_model(tmp_path_factory), device="cpu")
+    assert talker.gates_silence
+    return talker
+
+
+def _with_pause(talker) -> np.ndarray:
+    """The dataset's audio (1.6 s) with 0.6 s of near silence (-80 dBFS) in it (the samples of frames 12.5 .. 27.5)."""
+    x = _dataset_audio(talker)[:25600].copy()
+    x[8000:17600] *= 1e-4
+    return x
+
+
+def test_silence_closes_the_mouth(lip_talker):
+    from gaussiantalker.audio.voice import voice_activity
+    from gaussiantalker.data import audio_context
+    from gaussiantalker.render.video import to_uint8
+
+    talker = lip_talker
+    samples = _with_pause(talker)
+    gated = np.stack(list(talker.frames(samples, pose="static"))).astype(int)
+    free = np.stack(list(talker.frames(samples, pose="static", close_in_silence=False))).astype(int)
+    voice = voice_activity(samples, len(gated))
+    speech, pause = np.flatnonzero(voice == 1), np.flatnonzero(voice == 0)
+    assert len(speech) >= 10 and len(pause) >= 10 and set(range(15, 26)) <= set(pause)
+    # speech frames as the audio predicts them; the silent ones closed: each is the render of the closed code
+    assert np.array_equal(gated[speech], free[speech])
+    assert np.abs(gated[pause] - free[pause]).max() > 20
+    i0, _, _ = PoseSchedule(talker.length, "static").neighbours(pause)
+    bg = torch.stack([talker._background(int(a), int(a), 0.0) for a in i0])
+    audio = audio_context(torch.from_numpy(np.ascontiguousarray(talker.features(samples))), torch.as_tensor(pause))
+    comp = talker.compose(audio, talker.eye[i0], talker.c2w[i0], bg,
+                          lips=talker.model.lip_closed.expand(len(pause), -1))
+    assert np.abs(to_uint8(comp.image).astype(int) - gated[pause]).max() <= 1
+
+
+def test_silence_gate_stream_equals_offline(lip_talker):
+    samples = _with_pause(lip_talker)
+    offline = np.stack(list(lip_talker.frames(samples, batch_size=8)))
+    cuts = np.sort(np.random.default_rng(1).choice(np.arange(1, samples.shape[0]), 30, replace=False))
+    streamed = np.stack(list(lip_talker.stream(iter(np.split(samples, cuts)), batch_size=5)))
+    assert np.array_equal(streamed, offline)
+
+
+def test_models_saved_before_the_gate_load_without_it(lip_talker, tmp_path):
+    folder = tmp_path / "old"
+    shutil.copytree(lip_talker.model_dir, folder)
+    pth = next(folder.glob("point_cloud/iteration_*/deformation.pth"))
+    state = torch.load(pth, weights_only=True)
+    del state["lip_closed"]
+    torch.save(state, pth)
+    old = load(folder, device="cpu")
+    assert not old.gates_silence and not old.model.has_silence_gate
+    samples = _with_pause(lip_talker)
+    free = np.stack(list(lip_talker.frames(samples, close_in_silence=False)))
+    assert np.array_equal(np.stack(list(old.frames(samples, close_in_silence=True))), free)  # it cannot close it
+
+
+def test_close_in_silence_default_is_the_models_choice(lip_talker, tmp_path):
+    folder = tmp_path / "open"
+    shutil.copytree(lip_talker.model_dir, folder)
+    pth = next(folder.glob("point_cloud/iteration_*/deformation.pth"))
+    state = torch.load(pth, weights_only=True)
+    state["lip_gate"] = torch.zeros(())  # training found this subject's mouth open in its own pauses
+    torch.save(state, pth)
+    talker = load(folder, device="cpu")
+    assert talker.model.has_silence_gate and not talker.gates_silence
+    samples = _with_pause(lip_talker)
+    default = np.stack(list(talker.frames(samples)))
+    assert np.array_equal(default, np.stack(list(lip_talker.frames(samples, close_in_silence=False))))
+    closed = np.stack(list(talker.frames(samples, close_in_silence=True)))
+    assert np.array_equal(closed, np.stack(list(lip_talker.frames(samples))))
+    talker.close_in_silence = True  # the Talker-wide setting
+    assert talker.gates_silence and np.array_equal(np.stack(list(talker.frames(samples))), closed)
+
+
+def test_training_sets_the_closed_code(talker):
+    model = talker.model
+    assert model.has_silence_gate
+    assert bool(((model.lip_closed >= model.lip_low) & (model.lip_closed <= model.lip_high)).all())
+    assert not model.closes_in_silence  # 40 training frames: too few to cross-validate the choice, so no
 
 
 # --------------------------------------------------------------------------------------------------

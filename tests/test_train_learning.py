@@ -3,6 +3,9 @@ energy, new audio opens the rendered mouth in step with its energy; without the 
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import torch
 
@@ -84,6 +87,8 @@ def test_cpu_small_lip_code_learns_at_the_preset_rates(tmp_path):
         model = train(clip, config=cfg, device="cpu", progress=False)
         loaded = load_model(model.path).model
         assert loaded.lip_dim == preset.hidden.lip_code_dim
+        # the synthetic subject's mouth is shut in its silences: closing it there costs nothing, so renders do
+        assert loaded.closes_in_silence, json.loads((Path(model.path) / "model.json").read_text())
 
         train_split = TalkingHeadData.open(clip).split("train")
         windows = TalkingHeadData.open(novel).audio

@@ -111,6 +111,12 @@ class GaussianTalkerModel(nn.Module):
             self.register_buffer("lip_gain", torch.ones(self.lip_dim))
             self.register_buffer("lip_low", torch.full((self.lip_dim,), -4.0))
             self.register_buffer("lip_high", torch.full((self.lip_dim,), 4.0))
+            # The subject's closed-mouth code (set by the trainer): renders close the predicted mouth toward it where
+            # the driving audio is silent (gate_lips). NaN (models saved before it): no gate.
+            self.register_buffer("lip_closed", torch.full((self.lip_dim,), float("nan")))
+            # 1: renders close the mouth in silences unless told otherwise; 0: only when asked (the trainer's choice:
+            # a subject who holds the mouth open in its own pauses is rendered so)
+            self.register_buffer("lip_gate", torch.zeros(()))
         # Per-coefficient mean / std of the training clip's audio features (set by the trainer): renders can
         # bring another voice's features to the same statistics (see gaussiantalker.infer).
         self.register_buffer("audio_mean", torch.zeros(self.audio_dim))
@@ -334,8 +340,31 @@ class GaussianTalkerModel(nn.Module):
         return torch.maximum(torch.minimum(code, self.lip_high), self.lip_low)
 
     def condition_code(self, cond: Conditions) -> Tensor:
-        """The lip code ``[B, K]`` a render of ``cond`` uses: ``cond.lips`` when given, else the one the audio predicts."""
-        return cond.lips[:, : self.lip_dim] if cond.lips is not None else self.lip_code(cond.audio)
+        """The lip code ``[B, K]`` a render of ``cond`` uses: ``cond.lips`` when given, else the one the audio predicts
+        (closed where ``cond.voice`` says the audio is silent: :meth:`gate_lips`)."""
+        if cond.lips is not None:
+            return cond.lips[:, : self.lip_dim]
+        code = self.lip_code(cond.audio)
+        return code if cond.voice is None else self.gate_lips(code, cond.voice)
+
+    @property
+    def has_silence_gate(self) -> bool:
+        """Whether this model knows its subject's closed mouth (lip-code models trained since 2026-12-07)."""
+        return bool(self.lip_dim) and bool(torch.isfinite(self.lip_closed).all())
+
+    @property
+    def closes_in_silence(self) -> bool:
+        """Whether renders close the mouth in the driving audio's silences by default: the trainer's choice
+        (``Trainer._choose_silence_gate``); a render may ask otherwise (``Talker.close_in_silence``)."""
+        return self.has_silence_gate and float(self.lip_gate) > 0.5
+
+    def gate_lips(self, code: Tensor, voice: Tensor) -> Tensor:
+        """Codes ``[B, K]`` closed by voice activity ``[B]`` in [0, 1]: ``closed + voice * (code - closed)`` (1 = as
+        given, 0 = the subject's closed mouth); unchanged for a model without :attr:`has_silence_gate`."""
+        if not self.has_silence_gate:
+            return code
+        v = voice.reshape(-1, 1).to(code)
+        return self.lip_closed + v * (code - self.lip_closed)
 
     def blend_offsets(self, code: Tensor, start: int = 0, stop: int | None = None) -> dict[str, Tensor]:
         """The lip blendshapes' offsets for codes ``[B, K]`` of Gaussians ``start:stop``, by the attribute they move
@@ -474,6 +503,9 @@ class GaussianTalkerModel(nn.Module):
         self._cache = None
         for name in ("audio_mean", "audio_std"):  # models saved before these buffers existed: no normalisation
             state_dict.setdefault(prefix + name, getattr(self, name).detach().clone())
+        if self.lip_dim:  # lip-code models saved before the silence gate: no closed code (NaN), no gate
+            state_dict.setdefault(prefix + "lip_closed", torch.full((self.lip_dim,), float("nan")))
+            state_dict.setdefault(prefix + "lip_gate", torch.zeros(()))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 

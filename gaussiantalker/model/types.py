@@ -30,6 +30,9 @@ class Conditions:
     eye: Tensor  # [B, 1] blink in [0, 1]
     cam: Tensor  # [B, 12] world-to-camera R (row-major) then t, scene units
     lips: Tensor | None = None  # [B, K] tracked lip codes (training of a lip-code model); None = from the audio
+    #: [B] voice activity in [0, 1] of each frame's audio (gaussiantalker.audio.voice); a lip-code model closes the
+    #: predicted mouth where it is 0. None = not gated.
+    voice: Tensor | None = None
 
     def __post_init__(self) -> None:
         a, e, c = self.audio, self.eye, self.cam
@@ -42,6 +45,8 @@ class Conditions:
             raise ValueError(f"Conditions.cam must have shape [{b}, 12], got {tuple(c.shape)}")
         if self.lips is not None and (self.lips.ndim != 2 or self.lips.shape[0] != b):
             raise ValueError(f"Conditions.lips must have shape [{b}, K], got {tuple(self.lips.shape)}")
+        if self.voice is not None and tuple(self.voice.shape) != (b,):
+            raise ValueError(f"Conditions.voice must have shape [{b}], got {tuple(self.voice.shape)}")
 
     @property
     def batch_size(self) -> int:
@@ -50,13 +55,15 @@ class Conditions:
     def to(self, device) -> Conditions:
         """The same conditions as float32 tensors on ``device``."""
         lips = None if self.lips is None else self.lips.to(device, torch.float32)
+        voice = None if self.voice is None else self.voice.to(device, torch.float32)
         return Conditions(self.audio.to(device, torch.float32), self.eye.to(device, torch.float32),
-                          self.cam.to(device, torch.float32), lips)
+                          self.cam.to(device, torch.float32), lips, voice)
 
     def rows(self, start: int, stop: int) -> Conditions:
         """The conditions of frames ``start .. stop-1``."""
         lips = None if self.lips is None else self.lips[start:stop]
-        return Conditions(self.audio[start:stop], self.eye[start:stop], self.cam[start:stop], lips)
+        voice = None if self.voice is None else self.voice[start:stop]
+        return Conditions(self.audio[start:stop], self.eye[start:stop], self.cam[start:stop], lips, voice)
 
 
 @dataclass
