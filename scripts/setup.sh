@@ -19,6 +19,17 @@ SUPPORTED="3.10 3.11 3.12"
 py_version() { "$1" -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null; }
 supported() { case " $SUPPORTED " in *" $1 "*) return 0 ;; esac; return 1; }
 
+# The environment takes about 9 GB (torch's CUDA build 5.5 GB, TensorFlow, MediaPipe, the compiled kernels): check the
+# disk before pip runs out of it half-way.
+NEED_GB=10
+if [ ! -x "$VENV/bin/python" ] && command -v df >/dev/null 2>&1 && command -v awk >/dev/null 2>&1; then
+  where=$(dirname "$VENV")
+  free_kb=$( (df -Pk "$where" 2>/dev/null || true) | awk 'NR==2 {print $4}')
+  if [ -n "$free_kb" ] && [ "$free_kb" -lt $((NEED_GB * 1024 * 1024)) ]; then
+    die "only $((free_kb / 1024 / 1024)) GB free on the disk of $where; the environment needs about $NEED_GB GB: free some space, or set GT_VENV to a folder on a disk with room"
+  fi
+fi
+
 if [ -x "$VENV/bin/python" ]; then
   v=$(py_version "$VENV/bin/python") || v="unknown"
   supported "$v" || die "$VENV was made with Python $v, which is not supported (need 3.10, 3.11 or 3.12): remove $VENV and run again"

@@ -144,6 +144,21 @@ def test_setup_script_refuses_an_old_venv_of_an_unsupported_python(tmp_path):
     assert "3.13" in proc.stderr and "remove" in proc.stderr
 
 
+def test_setup_script_stops_before_installing_on_a_full_disk(tmp_path):
+    """With too little disk for the environment, setup.sh says so at once (pip would fail half-way through torch)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "df").write_text("#!/bin/sh\necho 'Filesystem 1024-blocks Used Available Capacity Mounted on'\n"
+                                "echo '/dev/vda 264000000 263000000 3000000 99% /'\n")  # 2.9 GB free
+    (bin_dir / "df").chmod(0o755)
+    (bin_dir / "awk").symlink_to(subprocess.run(["which", "awk"], capture_output=True, text=True,
+                                                check=True).stdout.strip())
+    proc, calls = _run_setup(tmp_path, {"python3.12": "3.12"})
+    assert proc.returncode == 1 and calls == [], proc.stderr
+    assert "only 2 GB free" in proc.stderr and "needs about 10 GB" in proc.stderr and "GT_VENV" in proc.stderr
+    assert not (tmp_path / "venv").exists()
+
+
 def test_requires_python_matches_the_setup_script():
     """pyproject's requires-python admits exactly the versions setup.sh accepts."""
     import re

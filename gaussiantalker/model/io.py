@@ -64,7 +64,9 @@ class ModelInfo:
     """Kernel lip-code models: what the audio predictor's fit found for the clip (``audio_shift_frames``: the
     sound-against-picture offset it reads the audio with; ``phone_weight``: the weight of a ``phonetic`` row's
     articulation values, 0 when the phones did not help; ``cv_r_with_phones`` / ``cv_r_without_phones``: the
-    cross-validated r that chose it; ``cv_r_per_component`` and ``gain`` per code component). None otherwise."""
+    cross-validated r that chose it; ``cv_r_per_component`` and ``gain`` per code component;
+    ``cv_r_open_in_silence`` / ``cv_r_closed_in_silence`` and ``closes_in_silence``: whether renders close the mouth
+    in silences by default, and the cross-validated r that chose it). None otherwise."""
 
     def to_json(self) -> str:
         data = {"format": MODEL_FORMAT, "version": MODEL_VERSION, **self.__dict__}
