@@ -205,6 +205,9 @@ def evaluate(model, iteration: Optional[int] = None, device="auto", workspace: O
     still = _still_mouth_note(op_real, talker.data.mouth_opening[torch.tensor(talker.data.train_ids)].numpy())
     if still:
         notes.append(still)
+    gate = _silence_gate_note(talker)
+    if gate:
+        notes.append(gate)
     valid = lmd[np.isfinite(lmd)]
     per_frame = {"psnr": per["psnr"], "ssim": per["ssim"], "face_psnr": per["face_psnr"],
                  "head_alpha": per["head_alpha"], "head_alpha_interior": per["head_alpha_interior"],
@@ -387,6 +390,27 @@ def _render_and_score(talker, split, ours: _FrameStore, real: _FrameStore, base:
         bar.update(b - a)
     bar.close()
     return per
+
+
+def _silence_gate_note(talker) -> Optional[str]:
+    """A note when renders keep the predicted mouth in silences because training chose so for this person."""
+    model = talker.model
+    if not model.has_silence_gate or talker.gates_silence or talker.close_in_silence is False:
+        return None
+    from .model.io import ModelInfo
+
+    info = {}
+    if (talker.model_dir / "model.json").is_file():
+        info = ModelInfo.read(talker.model_dir / "model.json").lip_predictor or {}
+    if "cv_r_open_in_silence" in info and "cv_r_closed_in_silence" in info:
+        why = (f"closing it there departs from this person's footage (cross-validated mouth r of the training frames "
+               f"{info['cv_r_open_in_silence']:.3f} as predicted, {info['cv_r_closed_in_silence']:.3f} closed in the "
+               "clip's silences), as for someone who rests with the lips apart or breathes in through the mouth")
+    else:
+        why = ("training could not check whether closing it suits this person (too few frames to cross-validate, or "
+               "no aud.wav)")
+    return (f"this model keeps the mouth the audio predicts in silences: {why}; render with close_in_silence=True "
+            "(infer --close_in_silence yes) to close it")
 
 
 #: Held-out frames whose real mouth-opening std is under this fraction of the training frames' say little about

@@ -286,7 +286,9 @@ class Talker:
         c2w = blend_c2w(self.c2w[i0], self.c2w[i1], wt)
         eye = (1 - wt) * self.eye[i0] + wt * self.eye[i1]
         bg = torch.stack([self._background(a, b, float(x)) for a, b, x in zip(i0, i1, w)])
-        v = None if voice is None else torch.from_numpy(np.asarray(voice, np.float32)[idx.clamp(0, len(voice) - 1).numpy()])
+        v = None
+        if voice is not None:
+            v = torch.from_numpy(np.asarray(voice, np.float32)[idx.clamp(0, len(voice) - 1).numpy()])
         tm.data += time.perf_counter() - t0
         return self.compose(audio, eye, c2w, bg, tm, voice=v).image
 

@@ -37,6 +37,9 @@ def test_evaluate_writes_metrics_and_report(model_dir, tmp_path):
     # Synthetic faces are not faces to MediaPipe: LMD is absent, and the report says why.
     assert result.lmd is None and result.lmd_frames == 0
     assert any("LMD not computed" in note for note in result.notes)
+    # 40 training frames are too few to choose whether renders close the mouth in silences: they do not, and say why
+    assert any("keeps the mouth the audio predicts in silences" in note and "could not check" in note
+               for note in result.notes), result.notes
     # The lip-code model's halves: the predictor's codes read out against the tracked opening (no detector
     # needed: a number even here), the tracked codes' own read-out (the code holds the synthetic mouth's
     # opening), and no render-side figure without faces to detect.
