@@ -100,3 +100,28 @@ def test_live_constants_match_the_renderer():
     from gaussiantalker import infer, live
 
     assert live.FPS == infer.FPS and live.SAMPLE_RATE == infer.SAMPLE_RATE
+
+
+def test_listening_and_pauses_close_the_mouth_of_a_model_that_closes_in_silence(tmp_path_factory):
+    """A lip-code model that closes the mouth in silences does so while it listens and in a reply's pauses: those
+    frames are the renders of its closed code, and a said reply's speech still moves the mouth."""
+    from _infer_helpers import lip_model
+
+    folder = lip_model(tmp_path_factory)
+    closed = load(folder, device="cpu")
+    assert closed.gates_silence
+    still = np.stack(list(closed.frames(np.zeros(16000, np.float32), pose="static")))
+    with LiveSession(closed, loop_frames=1, ahead=2) as s:
+        idle = frames(s, 0, 4)
+        assert all(np.array_equal(f.image, still[10]) for f in idle)  # the closed code's render
+        utt = s.say(np.concatenate([voice(0.6), np.zeros(8000, np.float32), voice(0.6)]))
+        seq = {f.index: f for f in frames(s, 4, utt.end_frame + 2)}
+    speaking = [seq[n].image for n in range(utt.start_frame, utt.end_frame)]
+    assert max(np.abs(im.astype(int) - still[10]).max() for im in speaking) > 20
+    pause = [seq[utt.start_frame + k].image for k in range(18, 26)]  # frames 15-30 of the reply are silent
+    assert all(np.array_equal(im, still[10]) for im in pause)
+    # the same model told not to close it: listening shows the mouth the audio predicts for silence
+    other = load(folder, device="cpu")
+    other.close_in_silence = False
+    with LiveSession(other, loop_frames=1, ahead=2) as s:
+        assert np.abs(frames(s, 0, 1)[0].image.astype(int) - still[10]).max() > 20
