@@ -121,6 +121,9 @@ MOUTH_REGION_FRAMES = 32
 SILENCE_GATE_MAX_LOSS = 0.02
 """Renders close the mouth in silences by default unless that lowers the cross-validated r of the training frames'
 mouth read from the audio by more than this (a subject who holds the mouth open in its own pauses)."""
+SILENCE_GATE_MIN_R = LIP_GAIN_MIN_R
+"""... and only when that r, as predicted, is at least this: a predictor that cannot read the mouth from the audio
+says nothing by the comparison about how the person holds the mouth in pauses."""
 
 
 def mouth_region(xyz: torch.Tensor, cameras, rects: torch.Tensor, margin: float = 0.25, depth: float = 0.25,
@@ -401,7 +404,9 @@ class Trainer:
     def _choose_silence_gate(self, true: torch.Tensor, cv: torch.Tensor | None) -> None:
         """Whether renders close the mouth in the driving audio's silences by default (``model.lip_gate``): yes when
         closing it in the training clip's own silences does not lower the cross-validated r of the training frames'
-        mouth (read out of the out-of-fold predicted codes) by more than ``SILENCE_GATE_MAX_LOSS``. Some people rest
+        mouth (read out of the out-of-fold predicted codes) by more than ``SILENCE_GATE_MAX_LOSS``, and that r is at
+        least ``SILENCE_GATE_MIN_R`` (``SadTalker__WDA_KatieHill_000``, 8 s: -0.07, and closing her wide smile after
+        she speaks cost her held-out r 0.73 -> 0.06). Some people rest
         with the lips apart or breathe in through the mouth in their pauses; for them a closed mouth in silence
         departs from the footage (``DFRF__french``: held-out r 0.72 -> 0.47), and renders close it only when asked.
         No: without cross-validation or without the clip's ``aud.wav``."""
@@ -418,7 +423,7 @@ class Trainer:
             v = torch.from_numpy(voice[np.asarray(self.train_split.img_ids)]).float().to(dev)
             r_free = pearson(read(free.cpu().numpy()), opening)
             r_gated = pearson(read(model.gate_lips(free, v).cpu().numpy()), opening)
-            on = r_gated >= r_free - SILENCE_GATE_MAX_LOSS
+            on = r_free >= SILENCE_GATE_MIN_R and r_gated >= r_free - SILENCE_GATE_MAX_LOSS
             self._gate_scores = {"cv_r_open_in_silence": round(r_free, 4), "cv_r_closed_in_silence": round(r_gated, 4),
                                  "closes_in_silence": bool(on)}
             log.info("lip code: cross-validated r of the mouth read from the audio %.3f as predicted, %.3f closed in "
