@@ -406,8 +406,8 @@ class Trainer:
         closing it in the training clip's own silences does not lower the cross-validated r of the training frames'
         mouth (read out of the out-of-fold predicted codes) by more than ``SILENCE_GATE_MAX_LOSS``, and that r is at
         least ``SILENCE_GATE_MIN_R`` (``SadTalker__WDA_KatieHill_000``, 8 s: -0.07, and closing her wide smile after
-        she speaks cost her held-out r 0.73 -> 0.06). Some people rest
-        with the lips apart or breathe in through the mouth in their pauses; for them a closed mouth in silence
+        she speaks cost her held-out r 0.73 -> 0.06). Some people rest with the lips apart or breathe in through the
+        mouth in their pauses; for them a closed mouth in silence
         departs from the footage (``DFRF__french``: held-out r 0.72 -> 0.47), and renders close it only when asked.
         No: without cross-validation or without the clip's ``aud.wav``."""
         from ..lipsync import opening_readout, pearson
@@ -429,8 +429,9 @@ class Trainer:
             log.info("lip code: cross-validated r of the mouth read from the audio %.3f as predicted, %.3f closed in "
                      "the clip's silences: renders %s", r_free, r_gated,
                      "close the mouth in silences" if on else
-                     "keep the mouth the audio predicts in silences, as this subject holds it (close_in_silence=True "
-                     "closes it)")
+                     "keep the mouth the audio predicts in silences, "
+                     + ("as this subject holds it" if r_free >= SILENCE_GATE_MIN_R else
+                        "the predictor reading too little of the mouth to tell") + " (close_in_silence=True closes it)")
         model.lip_gate.fill_(1.0 if on else 0.0)
 
     def _align_clip_audio(self) -> None:
